@@ -1,0 +1,1 @@
+"""The ASTE input pipeline."""

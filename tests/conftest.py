@@ -1,0 +1,21 @@
+"""Shared pytest configuration."""
+
+import os
+import pathlib
+
+import pytest
+
+# Tests run on the CPU with float32 matmuls at full precision so parity checks are tight.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir():
+  """The read-only benchmark data beside the checkout; skips when absent."""
+  if not (SHARED_DATA / "aste").is_dir():
+    pytest.skip(f"benchmark data not found at {SHARED_DATA} (only present in the project's workspace)")
+  return SHARED_DATA
