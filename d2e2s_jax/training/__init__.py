@@ -1,0 +1,1 @@
+"""Training, evaluation and checkpointing of D2E2S."""

@@ -1,0 +1,151 @@
+"""The optimizer against torch's AdamW, transformers' schedule and the released no-bias-correction rule."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+import transformers
+
+from d2e2s_jax.training import optim
+
+
+def _params(rng):
+  return {
+      "dense": {"kernel": rng.normal(size=(4, 3)).astype(np.float32),
+                "bias": rng.normal(size=(3,)).astype(np.float32)},
+      "LayerNorm": {"scale": rng.normal(size=(3,)).astype(np.float32),
+                    "bias": rng.normal(size=(3,)).astype(np.float32)},
+      "lstm": {"bias_ih": rng.normal(size=(3,)).astype(np.float32)},
+      "size_embeddings": {"embedding": rng.normal(size=(5, 3)).astype(np.float32)},
+  }
+
+
+def _flat(tree):
+  return {jax.tree_util.keystr(path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_decay_mask_skips_biases_and_norm_scales():
+  mask = _flat(optim.decay_mask(_params(np.random.default_rng(0))))
+  assert mask == {
+      "['LayerNorm']['bias']": False,
+      "['LayerNorm']['scale']": False,
+      "['dense']['bias']": False,
+      "['dense']['kernel']": True,
+      "['lstm']['bias_ih']": False,
+      "['size_embeddings']['embedding']": True,
+  }
+
+
+@pytest.mark.parametrize("total_steps,warmup", [(100, 0.1), (37, 0.25), (10, 0.0)])
+def test_schedule_matches_transformers(total_steps, warmup):
+  config = optim.OptimizerConfig(learning_rate=3e-4, warmup_fraction=warmup)
+  ours = optim.learning_rate_schedule(config, total_steps)
+  param = torch.nn.Parameter(torch.zeros(1))
+  opt = torch.optim.SGD([param], lr=3e-4)
+  sched = transformers.get_linear_schedule_with_warmup(opt, int(warmup * total_steps), total_steps)
+  for step in range(total_steps + 2):
+    np.testing.assert_allclose(float(ours(step)), sched.get_last_lr()[0], rtol=1e-6, atol=1e-12)
+    opt.step()
+    sched.step()
+
+
+def _run_ours(config, params, grads_per_step, total_steps):
+  tx = optim.make_optimizer(config, total_steps)
+  state = tx.init(params)
+  for grads in grads_per_step:
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  return params
+
+
+def _grads(rng, params, steps):
+  return [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+          for _ in range(steps)]
+
+
+def test_bias_corrected_adamw_matches_torch():
+  rng = np.random.default_rng(1)
+  params = _params(rng)
+  grads = _grads(rng, params, 6)
+  config = optim.OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.3, weight_decay=0.1,
+                                 max_grad_norm=0.0, bias_correction=True)
+  ours = _flat(_run_ours(config, params, grads, total_steps=8))
+
+  flat_params = _flat(params)
+  decay = _flat(optim.decay_mask(params))
+  torch_params = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in flat_params.items()}
+  groups = [{"params": [p for k, p in torch_params.items() if decay[k]], "weight_decay": 0.1},
+            {"params": [p for k, p in torch_params.items() if not decay[k]], "weight_decay": 0.0}]
+  opt = torch.optim.AdamW(groups, lr=1e-2, eps=1e-8)
+  sched = transformers.get_linear_schedule_with_warmup(opt, int(0.3 * 8), 8)
+  for g in grads:
+    for k, v in _flat(g).items():
+      torch_params[k].grad = torch.tensor(v)
+    opt.step()
+    sched.step()
+  for k in flat_params:
+    np.testing.assert_allclose(ours[k], torch_params[k].detach().numpy(), rtol=1e-5, atol=1e-6,
+                               err_msg=k)
+
+
+def test_released_adamw_without_bias_correction():
+  """transformers' old AdamW(correct_bias=False), written out in numpy."""
+  rng = np.random.default_rng(2)
+  params = _params(rng)
+  grads = _grads(rng, params, 5)
+  lr, wd, b1, b2, eps, total = 1e-2, 0.05, 0.9, 0.999, 1e-8, 5
+  config = optim.OptimizerConfig(learning_rate=lr, warmup_fraction=0.0, weight_decay=wd,
+                                 max_grad_norm=0.0)
+  ours = _flat(_run_ours(config, params, grads, total_steps=total))
+
+  decay = _flat(optim.decay_mask(params))
+  expected = {}
+  for key, p in _flat(params).items():
+    p = p.astype(np.float64)
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for step, g in enumerate(grads):
+      g = _flat(g)[key]
+      step_lr = lr * (total - step) / total
+      m = b1 * m + (1 - b1) * g
+      v = b2 * v + (1 - b2) * g * g
+      # Decay of the pre-update parameter (optax order; see the module docstring).
+      p = p - step_lr * (m / (np.sqrt(v) + eps) + (wd * p if decay[key] else 0.0))
+    expected[key] = p
+  for key in expected:
+    np.testing.assert_allclose(ours[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_clipping_and_accumulation():
+  rng = np.random.default_rng(3)
+  params = _params(rng)
+  grads = _grads(rng, params, 4)
+  base = optim.OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.0, max_grad_norm=0.5)
+  # Two micro-steps accumulated == one step on the mean gradient.
+  accumulated = _run_ours(
+      optim.OptimizerConfig(**{**base.__dict__, "gradient_accumulation_steps": 2}),
+      params, grads[:2], total_steps=3)
+  mean_grad = jax.tree.map(lambda a, b: (a + b) / 2, grads[0], grads[1])
+  single = _run_ours(base, params, [mean_grad], total_steps=3)
+  for k, v in _flat(single).items():
+    np.testing.assert_allclose(_flat(accumulated)[k], v, rtol=1e-6, atol=1e-7)
+  # Clipping bounds the global norm of what reaches Adam: a huge gradient moves
+  # parameters exactly as the same gradient scaled down to the clip norm.
+  huge = jax.tree.map(lambda g: g * 1e4, grads[0])
+  norm = float(optax.tree.norm(huge))
+  scaled = jax.tree.map(lambda g: g * 0.5 / norm, huge)
+  a = _flat(_run_ours(base, params, [huge], total_steps=3))
+  b = _flat(_run_ours(base, params, [scaled], total_steps=3))
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_first_moment_dtype():
+  params = _params(np.random.default_rng(4))
+  tx = optim.make_optimizer(optim.OptimizerConfig(moment_dtype="bfloat16"), 10)
+  state = tx.init(params)
+  dtypes = {leaf.dtype for leaf in jax.tree.leaves(state) if leaf.ndim > 0}
+  assert jnp.dtype(jnp.bfloat16) in dtypes and jnp.dtype(jnp.float32) in dtypes
