@@ -1,0 +1,163 @@
+"""Tests for the triplet scorer and the `experiments.evaluate` entry point.
+
+Expected numbers are computed by hand in the comments next to each case.
+"""
+
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from d2e2s_jax import evaluation
+from d2e2s_jax.data.examples import DataError, Example, Triplet
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _t(aspect, opinion, sentiment="POSITIVE"):
+  return Triplet(aspect=aspect, opinion=opinion, sentiment=sentiment)
+
+
+# Three sentences: a partly right one with a duplicate prediction, one with no
+# prediction, one with predictions but no gold.
+GOLD = [
+    [_t((0, 1), (3, 4)), _t((5, 7), (8, 9), "NEGATIVE")],
+    [_t((2, 3), (0, 1), "NEUTRAL")],
+    [],
+]
+PREDICTED = [
+    [_t((0, 1), (3, 4)), _t((5, 7), (8, 9), "POSITIVE"), _t((0, 1), (3, 4))],
+    [],
+    [_t((1, 2), (4, 5)), _t((1, 2), (6, 7), "NEGATIVE")],
+]
+
+
+def test_hand_computed_triplet_aspect_opinion_scores():
+  scores = evaluation.score_triplet_sets(GOLD, PREDICTED)
+  # Triplets: gold 2 + 1 = 3; predicted 2 (duplicate dropped) + 0 + 2 = 4; correct 1
+  # (the second triplet of sentence 0 has the wrong sentiment).
+  assert scores["triplet"] == evaluation.PRF(gold=3, predicted=4, correct=1)
+  assert scores["triplet"].precision == pytest.approx(25.0)
+  assert scores["triplet"].recall == pytest.approx(100.0 / 3)
+  assert scores["triplet"].f1 == pytest.approx(2 * 25.0 * (100 / 3) / (25.0 + 100 / 3))  # 28.571...
+  # Aspects: gold {(0,1),(5,7)}, {(2,3)} = 3; predicted {(0,1),(5,7)}, {}, {(1,2)} = 3;
+  # correct 2 (sentiment does not matter for terms).
+  assert scores["aspect"] == evaluation.PRF(gold=3, predicted=3, correct=2)
+  assert scores["aspect"].f1 == pytest.approx(200.0 / 3)
+  # Opinions: gold {(3,4),(8,9)}, {(0,1)} = 3; predicted {(3,4),(8,9)}, {}, {(4,5),(6,7)}
+  # = 4; correct 2.
+  assert scores["opinion"] == evaluation.PRF(gold=3, predicted=4, correct=2)
+  assert scores["opinion"].precision == pytest.approx(50.0)
+  assert scores["opinion"].recall == pytest.approx(200.0 / 3)
+  assert scores["opinion"].f1 == pytest.approx(2 * 50 * (200 / 3) / (50 + 200 / 3))  # 57.142...
+
+
+def test_no_predictions_gives_zero_precision_not_nan():
+  scores = evaluation.score_triplet_sets(GOLD, [[], [], []])
+  for name in evaluation.SCORE_NAMES:
+    prf = scores[name]
+    assert prf.predicted == 0 and prf.correct == 0 and prf.gold == 3
+    assert (prf.precision, prf.recall, prf.f1) == (0.0, 0.0, 0.0)
+
+
+def test_no_gold_gives_zero_recall_not_nan():
+  scores = evaluation.score_triplet_sets([[], []], [[_t((0, 1), (2, 3))], []])
+  prf = scores["triplet"]
+  assert (prf.gold, prf.predicted, prf.correct) == (0, 1, 0)
+  values = (prf.precision, prf.recall, prf.f1)
+  assert values == (0.0, 0.0, 0.0) and not any(math.isnan(v) for v in values)
+
+
+def test_empty_split_scores_zero():
+  scores = evaluation.score_triplet_sets([], [])
+  assert scores["triplet"].as_dict() == {
+      "precision": 0.0, "recall": 0.0, "f1": 0.0, "gold": 0, "predicted": 0, "correct": 0}
+
+
+def test_perfect_prediction_scores_100_and_gold_duplicates_count_once():
+  gold = [[_t((0, 1), (2, 3)), _t((0, 1), (2, 3))]]
+  scores = evaluation.score_triplet_sets(gold, [[_t((0, 1), (2, 3))]])
+  assert scores["triplet"] == evaluation.PRF(gold=1, predicted=1, correct=1)
+  assert scores["triplet"].f1 == pytest.approx(100.0)
+
+
+def test_same_spans_with_two_sentiments_are_two_predictions():
+  # A decoder can emit one triplet per sentiment above threshold for the same pair.
+  scores = evaluation.score_triplet_sets([[_t((0, 1), (2, 3))]],
+                                         [[_t((0, 1), (2, 3)), _t((0, 1), (2, 3), "NEUTRAL")]])
+  assert scores["triplet"] == evaluation.PRF(gold=1, predicted=2, correct=1)
+  assert scores["aspect"] == evaluation.PRF(gold=1, predicted=1, correct=1)
+
+
+def test_spans_from_a_decoder_as_lists_and_numpy_ints_still_match():
+  np = pytest.importorskip("numpy")
+  predicted = Triplet(aspect=[np.int32(0), np.int32(1)], opinion=(np.int64(2), 3), sentiment="POSITIVE")
+  scores = evaluation.score_triplet_sets([[_t((0, 1), (2, 3))]], [[predicted]])
+  assert scores["triplet"].correct == 1
+
+
+def test_scorer_counts_explicit_term_spans_outside_triplets():
+  scorer = evaluation.TripletScorer()
+  # The span classifier kept aspect (4, 5) but it formed no triplet: a false aspect.
+  scorer.add([_t((0, 1), (2, 3))], [_t((0, 1), (2, 3))], predicted_aspects=[(0, 1), (4, 5)],
+             predicted_opinions=[(2, 3)])
+  result = scorer.result()
+  assert scorer.num_sentences == 1
+  assert result["aspect"] == evaluation.PRF(gold=1, predicted=2, correct=1)
+  assert result["opinion"] == evaluation.PRF(gold=1, predicted=1, correct=1)
+
+
+def test_misaligned_sentence_counts_are_an_error():
+  with pytest.raises(ValueError, match="2 gold sentences but 1 predicted"):
+    evaluation.score_triplet_sets([[], []], [[]])
+
+
+def test_non_triplet_prediction_is_a_type_error():
+  scorer = evaluation.TripletScorer()
+  with pytest.raises(TypeError, match="sentence 0 .predicted.: expected Triplet"):
+    scorer.add([], [((0, 1), (2, 3), "POSITIVE")])
+
+
+def _examples(triplet_lists, prefix="s"):
+  return [
+      Example(id=f"{prefix}{i}", tokens=tuple(f"w{j}" for j in range(10)), triplets=tuple(triplets))
+      for i, triplets in enumerate(triplet_lists)
+  ]
+
+
+def test_score_aligns_examples_by_id_in_any_order():
+  gold = _examples(GOLD)
+  predicted = list(reversed(_examples(PREDICTED)))
+  assert evaluation.score(gold, predicted) == evaluation.score_triplet_sets(GOLD, PREDICTED)
+
+
+def test_score_names_a_prediction_without_gold():
+  predicted = _examples(PREDICTED) + [Example(id="extra", tokens=("a",))]
+  with pytest.raises(DataError, match=r"pred.json: record 'extra' has no gold example in gold.json"):
+    evaluation.score(_examples(GOLD), predicted, gold_source="gold.json", predicted_source="pred.json")
+
+
+def test_score_names_a_gold_record_without_prediction():
+  with pytest.raises(DataError, match=r"pred.json: no prediction for gold record 's2' of gold.json"):
+    evaluation.score(_examples(GOLD), _examples(PREDICTED)[:2], gold_source="gold.json",
+                     predicted_source="pred.json")
+
+
+def test_score_rejects_repeated_ids_and_token_mismatch():
+  gold = _examples(GOLD)
+  with pytest.raises(DataError, match=r"pred.json: record 1 repeats id 's0'"):
+    evaluation.score(gold, [gold[0], gold[0]], predicted_source="pred.json")
+  changed = [Example(id=e.id, tokens=e.tokens[:-1]) for e in gold]
+  with pytest.raises(DataError, match="record 's0' has different tokens"):
+    evaluation.score(gold, changed)
+
+
+def test_scores_as_dict_has_the_documented_keys():
+  result = evaluation.scores_as_dict(evaluation.score_triplet_sets(GOLD, PREDICTED))
+  assert sorted(result) == ["aspect", "opinion", "triplet"]
+  for value in result.values():
+    assert sorted(value) == ["correct", "f1", "gold", "precision", "predicted", "recall"]
+  json.dumps(result)  # plain JSON types only
