@@ -7,6 +7,11 @@ import pytest
 
 # Tests run on the CPU with float32 matmuls at full precision so parity checks are tight.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Eight fake CPU devices for the sharding tests. This must happen before jax is imported,
+# which is why it lives here; computations without a mesh still run on device 0.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
