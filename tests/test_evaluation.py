@@ -161,3 +161,67 @@ def test_scores_as_dict_has_the_documented_keys():
   for value in result.values():
     assert sorted(value) == ["correct", "f1", "gold", "precision", "predicted", "recall"]
   json.dumps(result)  # plain JSON types only
+
+
+def _run_evaluate(*args):
+  return subprocess.run([sys.executable, "-m", "experiments.evaluate", *args], capture_output=True, text=True,
+                        timeout=120, cwd=REPO_ROOT)
+
+
+@pytest.fixture
+def gold_and_predictions(tmp_path):
+  from d2e2s_jax.data.writers import write_examples  # pylint: disable=import-outside-toplevel
+  gold_path, predicted_path = tmp_path / "gold.json", tmp_path / "pred.json"
+  write_examples(_examples(GOLD), gold_path, "d2e2s")
+  write_examples(list(reversed(_examples(PREDICTED))), predicted_path, "d2e2s")
+  return gold_path, predicted_path
+
+
+def test_evaluate_cli_prints_the_scores_as_json(gold_and_predictions):
+  gold_path, predicted_path = gold_and_predictions
+  result = _run_evaluate(f"--gold={gold_path}", f"--predictions={predicted_path}")
+  assert result.returncode == 0, result.stderr
+  printed = json.loads(result.stdout)
+  assert printed == evaluation.scores_as_dict(evaluation.score_triplet_sets(GOLD, PREDICTED))
+  assert printed["triplet"]["precision"] == pytest.approx(25.0)
+  assert (printed["opinion"]["gold"], printed["opinion"]["predicted"], printed["opinion"]["correct"]) == (3, 4, 2)
+
+
+def test_evaluate_cli_reports_a_bad_record_in_one_line(gold_and_predictions):
+  gold_path, predicted_path = gold_and_predictions
+  records = json.loads(predicted_path.read_text())
+  records[1]["sentiments"] = [{"type": "GREAT", "head": 0, "tail": 1}]
+  predicted_path.write_text(json.dumps(records))
+  result = _run_evaluate(f"--gold={gold_path}", f"--predictions={predicted_path}")
+  assert result.returncode == 1 and result.stdout == ""
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1
+  assert lines[0].startswith(f"error: {predicted_path}, record 1") and "GREAT" in lines[0]
+
+
+def test_evaluate_cli_reports_a_prediction_missing_for_a_gold_record(gold_and_predictions):
+  gold_path, predicted_path = gold_and_predictions
+  records = json.loads(predicted_path.read_text())
+  predicted_path.write_text(json.dumps([r for r in records if r["orig_id"] != "s1"]))
+  result = _run_evaluate(f"--gold={gold_path}", f"--predictions={predicted_path}")
+  assert result.returncode == 1
+  assert result.stderr.strip() == f"error: {predicted_path}: no prediction for gold record 's1' of {gold_path}"
+
+
+def test_evaluate_cli_reports_a_missing_file(gold_and_predictions, tmp_path):
+  gold_path, _ = gold_and_predictions
+  missing = tmp_path / "nothing.json"
+  result = _run_evaluate(f"--gold={gold_path}", f"--predictions={missing}")
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and str(missing) in lines[0]
+
+
+def test_evaluate_cli_on_a_benchmark_split_against_itself(shared_data_dir):
+  gold_path = shared_data_dir / "aste" / "14res" / "test_dep_triple_polarity_result.json"
+  result = _run_evaluate(f"--gold={gold_path}", f"--predictions={gold_path}")
+  assert result.returncode == 0, result.stderr
+  triplet = json.loads(result.stdout)["triplet"]
+  # The full split is scored (the released code would keep 480 of the 492 sentences).
+  assert (triplet["gold"], triplet["predicted"], triplet["correct"]) == (994, 994, 994)
+  assert triplet["f1"] == pytest.approx(100.0)
