@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from d2e2s_jax.data import download
+from d2e2s_jax.data import readers
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TYPES = {"entities": {"target": {}, "opinion": {}}, "sentiment": {"POSITIVE": {}}}
@@ -81,9 +82,9 @@ def test_downloads_every_file_in_the_d2e2s_layout(remote, tmp_path):
   out = tmp_path / "out"
   assert download.download_aste_data("14res", out, base_url=url, timeout_s=5) == out
   assert sorted(requests) == sorted("/" + name for name in download.dataset_files("14res"))
-  assert json.loads((out / "types.json").read_text()) == TYPES
+  assert json.loads((out / "aste" / "types.json").read_text()) == TYPES
   for split in download.SPLITS:
-    records = json.loads((out / "14res" / f"{split}_dep_triple_polarity_result.json").read_text())
+    records = json.loads(readers.dataset_paths(out, "14res", split).read_text())
     assert records[0]["orig_id"] == f"{split}:0"
   assert not list(out.rglob("*.part")), "temporary files must be renamed or removed"
 
@@ -91,8 +92,8 @@ def test_downloads_every_file_in_the_d2e2s_layout(remote, tmp_path):
 def test_skips_files_already_present(remote, tmp_path):
   url, requests = remote
   out = tmp_path / "out"
-  (out / "14res").mkdir(parents=True)
-  kept = out / download.split_file("14res", "train")
+  (out / "aste" / "14res").mkdir(parents=True)
+  kept = out / "aste" / download.split_file("14res", "train")
   kept.write_text('["kept"]')
   download.download_aste_data("14res", out, base_url=url + "/", timeout_s=5)
   assert kept.read_text() == '["kept"]'
@@ -112,8 +113,8 @@ def test_missing_remote_file_names_the_url_and_leaves_no_partial_file(tmp_path):
     with pytest.raises(download.DownloadError, match=r"14res/test_dep_triple_polarity_result.json: HTTP 404"):
       download.download_aste_data("14res", out, base_url=url, timeout_s=5)
   # The files before the failure are kept; the failed one left nothing behind.
-  assert (out / download.split_file("14res", "dev")).is_file()
-  assert sorted(p.name for p in (out / "14res").iterdir()) == [
+  assert (out / "aste" / download.split_file("14res", "dev")).is_file()
+  assert sorted(p.name for p in (out / "aste" / "14res").iterdir()) == [
       "dev_dep_triple_polarity_result.json", "train_dep_triple_polarity_result.json"]
 
 
@@ -125,7 +126,7 @@ def test_a_body_that_is_not_json_is_rejected(tmp_path):
   with _serve(root) as (url, _):
     with pytest.raises(download.DownloadError, match="types.json: the downloaded file is not valid JSON"):
       download.download_aste_data("14res", out, base_url=url, timeout_s=5)
-  assert not (out / "types.json").exists() and not list(out.glob(".*part"))
+  assert not (out / "aste" / "types.json").exists() and not list(out.rglob("*.part"))
 
 
 def test_unreachable_server_says_how_to_pass_data_dir(tmp_path):
@@ -135,7 +136,7 @@ def test_unreachable_server_says_how_to_pass_data_dir(tmp_path):
   assert "\n" not in message
   assert "cannot download http://127.0.0.1:" in message and "/data/types.json" in message
   assert "--data_dir" in message
-  assert not list((tmp_path / "out").iterdir())
+  assert not [path for path in (tmp_path / "out").rglob("*") if path.is_file()]
 
 
 def test_unknown_dataset_is_rejected():
@@ -145,7 +146,7 @@ def test_unknown_dataset_is_rejected():
 
 def test_ensure_dataset_uses_a_given_complete_folder_without_downloading(tmp_path):
   data_dir = tmp_path / "given"
-  _write_remote_tree(data_dir, "15res")
+  _write_remote_tree(data_dir / "aste", "15res")
   # The base URL is unreachable: any download attempt would fail the test.
   assert download.ensure_dataset(data_dir, "15res", tmp_path / "cache", base_url=_closed_port_url()) == data_dir
   assert not (tmp_path / "cache").exists()
@@ -153,11 +154,11 @@ def test_ensure_dataset_uses_a_given_complete_folder_without_downloading(tmp_pat
 
 def test_ensure_dataset_names_missing_files_of_a_given_folder(tmp_path):
   data_dir = tmp_path / "given"
-  _write_remote_tree(data_dir, "15res")
-  (data_dir / download.split_file("15res", "dev")).unlink()
-  with pytest.raises(FileNotFoundError, match=r"given: missing 15res/dev_dep_triple_polarity_result.json"):
+  _write_remote_tree(data_dir / "aste", "15res")
+  (data_dir / "aste" / download.split_file("15res", "dev")).unlink()
+  with pytest.raises(FileNotFoundError, match=r"given: missing aste/15res/dev_dep_triple_polarity_result.json"):
     download.ensure_dataset(data_dir, "15res", tmp_path / "cache")
-  with pytest.raises(FileNotFoundError, match="missing 16res/train_dep_triple_polarity_result.json, 16res/dev"):
+  with pytest.raises(FileNotFoundError, match="missing aste/16res/train_dep_triple_polarity_result.json, aste/16res/dev"):
     download.ensure_dataset(data_dir, "16res", tmp_path / "cache")
 
 
@@ -178,7 +179,7 @@ def test_cli_downloads_and_lists_the_files(remote, tmp_path):
   out = tmp_path / "cli"
   result = _run_cli("--dataset=14res", f"--output={out}", f"--base_url={url}", "--timeout_s=5")
   assert result.returncode == 0, result.stderr
-  assert result.stdout.split() == [str(out / name) for name in download.dataset_files("14res")]
+  assert result.stdout.split() == [str(out / "aste" / name) for name in download.dataset_files("14res")]
 
 
 def test_cli_offline_fails_with_one_line_and_status_1(tmp_path):
@@ -187,3 +188,9 @@ def test_cli_offline_fails_with_one_line_and_status_1(tmp_path):
   assert result.returncode == 1
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: cannot download") and "--data_dir" in lines[0]
+
+
+def test_ensure_dataset_accepts_the_benchmark_copy(shared_data_dir, tmp_path):
+  # The project's read-only copy has the layout a user's --data_dir must have.
+  assert download.ensure_dataset(shared_data_dir, "14lap", tmp_path / "cache",
+                                 base_url=_closed_port_url()) == shared_data_dir

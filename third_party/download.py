@@ -2,8 +2,8 @@
 
   python third_party/download.py --dataset=14res --output=DIR
 
-Writes DIR/types.json and DIR/14res/{train,dev,test}_dep_triple_polarity_result.json
-(the layout `--data_dir` expects), skipping files already there. Without internet access
+Writes DIR/aste/types.json and DIR/aste/14res/{train,dev,test}_dep_triple_polarity_result.json
+(the layout `--data_dir` expects, as in ../shared/data), skipping files already there. Without internet access
 it fails with one line saying how to pass --data_dir instead, and exits with status 1.
 """
 
@@ -39,7 +39,7 @@ def main(argv: Sequence[str]) -> None:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
   for relative_path in download.dataset_files(_DATASET.value):
-    print(root / relative_path)
+    print(root / download.ASTE_SUBDIR / relative_path)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,13 @@ The D2E2S authors publish ASTE-Data-V2 with dependency parses in their repositor
   data/types.json
   data/<dataset>/<split>_dep_triple_polarity_result.json   (split: train, dev, test)
 
-`download_aste_data` mirrors that layout under a local directory, which is the layout
-`ensure_dataset` accepts for a user-supplied `--data_dir` too. Only the standard library
+`download_aste_data` mirrors that folder as `<data root>/aste/`, the layout of the
+project's benchmark copy (`../shared/data/aste/...`) that `readers.dataset_paths`
+expects, and the layout `ensure_dataset` accepts for a user-supplied `--data_dir` too:
+
+  <data root>/aste/types.json
+  <data root>/aste/<dataset>/<split>_dep_triple_polarity_result.json
+ Only the standard library
 is used (urllib), so the downloader adds no dependency. Each file is written to a
 temporary name and renamed once complete and parsed, so an interrupted download never
 leaves a truncated file that a later run would take for a good one; files already
@@ -29,6 +34,8 @@ DEFAULT_BASE_URL = "https://raw.githubusercontent.com/TYZY89/D2E2S/HEAD/data"
 DATASETS = ("14lap", "14res", "15res", "16res")
 SPLITS = ("train", "dev", "test")
 TYPES_FILE = "types.json"
+# Local sub-folder of the data root that mirrors the remote `data/` folder.
+ASTE_SUBDIR = "aste"
 
 PathLike = Union[str, os.PathLike]
 
@@ -43,7 +50,7 @@ def split_file(dataset: str, split: str) -> str:
 
 
 def dataset_files(dataset: str) -> List[str]:
-  """The paths, relative to the data root, that make up one dataset.
+  """The paths, relative to the remote `data/` folder (and to `<data root>/aste`), of a dataset.
 
   Raises:
     ValueError: `dataset` is not one of DATASETS.
@@ -55,7 +62,8 @@ def dataset_files(dataset: str) -> List[str]:
 
 def _offline_hint(dataset: str) -> str:
   return (f"without internet access, copy the files elsewhere and pass --data_dir=DIR, a folder "
-          f"holding {TYPES_FILE} and {dataset}/<train|dev|test>_dep_triple_polarity_result.json")
+          f"holding {ASTE_SUBDIR}/{TYPES_FILE} and "
+          f"{ASTE_SUBDIR}/{dataset}/<train|dev|test>_dep_triple_polarity_result.json")
 
 
 def _check_downloaded_json(path: pathlib.Path, relative_path: str, url: str) -> None:
@@ -108,13 +116,13 @@ def download_aste_data(
 
   Args:
     dataset: one of DATASETS (`14lap`, `14res`, `15res`, `16res`).
-    output_dir: the data root; files land at `output_dir/types.json` and
-      `output_dir/<dataset>/<split>_dep_triple_polarity_result.json`.
+    output_dir: the data root; files land at `output_dir/aste/types.json` and
+      `output_dir/aste/<dataset>/<split>_dep_triple_polarity_result.json`.
     base_url: the URL of the remote data root (a local server in tests).
     timeout_s: socket timeout of each request.
 
   Returns:
-    `output_dir` as a path.
+    `output_dir` as a path (the data root for `readers.dataset_paths`).
 
   Raises:
     ValueError: unknown dataset.
@@ -123,7 +131,7 @@ def download_aste_data(
   """
   output_root = pathlib.Path(output_dir)
   for relative_path in dataset_files(dataset):
-    destination = output_root / relative_path
+    destination = output_root / ASTE_SUBDIR / relative_path
     if destination.is_file():
       continue
     _fetch(f"{base_url.rstrip('/')}/{relative_path}", destination, relative_path, dataset, timeout_s)
@@ -131,9 +139,10 @@ def download_aste_data(
 
 
 def missing_files(data_dir: PathLike, dataset: str) -> List[str]:
-  """The files of `dataset` that `data_dir` lacks, relative to it (empty when complete)."""
+  """The files of `dataset` that the data root `data_dir` lacks, relative to it (empty when complete)."""
   root = pathlib.Path(data_dir)
-  return [relative_path for relative_path in dataset_files(dataset) if not (root / relative_path).is_file()]
+  relative_paths = [f"{ASTE_SUBDIR}/{relative_path}" for relative_path in dataset_files(dataset)]
+  return [relative_path for relative_path in relative_paths if not (root / relative_path).is_file()]
 
 
 def ensure_dataset(
@@ -166,7 +175,7 @@ def ensure_dataset(
     missing = missing_files(data_dir, dataset)
     if missing:
       raise FileNotFoundError(
-          f"{data_dir}: missing {', '.join(missing)}; expected {TYPES_FILE} and "
-          f"{dataset}/<split>_dep_triple_polarity_result.json for train, dev and test")
+          f"{data_dir}: missing {', '.join(missing)}; expected {ASTE_SUBDIR}/{TYPES_FILE} and "
+          f"{ASTE_SUBDIR}/{dataset}/<split>_dep_triple_polarity_result.json for train, dev and test")
     return pathlib.Path(data_dir)
   return download_aste_data(dataset, cache_dir, base_url=base_url, timeout_s=timeout_s)
