@@ -1,0 +1,317 @@
+"""Batches that follow the batch contract in WORKSPACE.md, padded to shape buckets.
+
+Public API:
+
+* `BatchConfig`: batch size, span and negative-sampling settings, the tokenizer's pad id,
+  the bucket sizes and the graph construction (`released_graph`).
+* `train_batches(encoded, config, epoch, seed)`: one epoch of training batches, shuffled
+  with `numpy.random.default_rng([seed, epoch])`; each sentence's negatives are drawn
+  with `default_rng([seed, epoch, example.index])`, so a resumed run, or another batch
+  order, sees the same samples. The last partial batch is dropped by default
+  (`drop_remainder`): steps per epoch = floor(sentences / batch size), as on the
+  reference page.
+* `eval_batches(encoded, config)`: every sentence once (by default in length order,
+  `example_index` says which), every candidate span with its gold label; no pair keys.
+  The last batch is padded with empty rows.
+* `batch_triplets(batch, pair_scores, threshold)`: word-level triplets per real row
+  (with the gold `pair_labels` as scores it recovers the gold triplets).
+* `shape_report(encoded, config)`: distinct batch shapes in an epoch and padding
+  efficiency.
+
+A batch is a flat dict of numpy arrays whose leading axis is the (static) batch size,
+so it can be sharded along that axis. T (sequence), S (spans), P (pairs) and E (graph
+edges per sentence) are each rounded up to a bucket: by default the sizes 2^k and
+3 * 2^(k-1) above a floor (at most 1.5x padding per axis, a handful of sizes per
+dataset), so the jitted steps compile a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from d2e2s_jax.data import graphs, sampling
+from d2e2s_jax.data.encoding import EncodedExample
+
+Batch = Dict[str, np.ndarray]
+TRAIN_KEYS = ("input_ids", "attention_mask", "span_token_bounds", "span_word_bounds", "span_sizes", "span_mask",
+              "span_labels", "pair_indices", "pair_mask", "pair_labels", "graph_senders", "graph_receivers",
+              "graph_edge_mask", "example_index", "example_mask")
+EVAL_KEYS = tuple(key for key in TRAIN_KEYS if not key.startswith("pair_"))
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchConfig:
+  """How sentences become batches.
+
+  Attributes:
+    batch_size: rows per batch (static; missing rows are padding).
+    max_span_size: longest candidate span in words.
+    neg_entity_count: negative spans drawn per sentence in training, -1 = all.
+    neg_triple_count: negative pairs drawn per sentence in training, -1 = all.
+    pad_token_id: the tokenizer's `pad_token_id`, used after `[SEP]`.
+    token_buckets, span_buckets, pair_buckets, edge_buckets: allowed padded sizes of
+      T, S, P, E (ascending); None = the default 2^k / 3*2^(k-1) series. A size above
+      the largest bucket is rounded up to a multiple of it.
+    released_graph: build the syntactic graph the released code's way.
+    drop_remainder: drop the last partial training batch.
+    shuffle: shuffle the training order each epoch.
+    length_grouping_batches: 0 (default, the released behaviour) makes batches of
+      uniformly shuffled sentences. k > 0 sorts each run of k batches' worth of shuffled
+      sentences by length before cutting it into batches, then shuffles the batch
+      order: less padding (see `shape_report`), slightly less random batches.
+    eval_sort_by_length: evaluate sentences in length order (less padding; results are
+      keyed by `example_index`, so order does not matter).
+  """
+
+  batch_size: int = 16
+  max_span_size: int = 6
+  neg_entity_count: int = -1
+  neg_triple_count: int = -1
+  pad_token_id: int = 0
+  token_buckets: Optional[Tuple[int, ...]] = None
+  span_buckets: Optional[Tuple[int, ...]] = None
+  pair_buckets: Optional[Tuple[int, ...]] = None
+  edge_buckets: Optional[Tuple[int, ...]] = None
+  released_graph: bool = False
+  drop_remainder: bool = True
+  shuffle: bool = True
+  length_grouping_batches: int = 0
+  eval_sort_by_length: bool = True
+
+  def __post_init__(self):
+    if self.batch_size < 1 or self.max_span_size < 1:
+      raise ValueError(f"batch_size and max_span_size must be positive, got {self.batch_size}, {self.max_span_size}")
+    if self.length_grouping_batches < 0:
+      raise ValueError(f"length_grouping_batches must be >= 0, got {self.length_grouping_batches}")
+    if self.neg_entity_count < -1 or self.neg_triple_count < -1:
+      raise ValueError("neg_entity_count and neg_triple_count must be >= 0 or -1 (all)")
+    for name in ("token_buckets", "span_buckets", "pair_buckets", "edge_buckets"):
+      buckets = getattr(self, name)
+      if buckets is not None and (not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1):
+        raise ValueError(f"{name} must be ascending distinct positive sizes, got {buckets}")
+
+  @classmethod
+  def for_tokenizer(cls, tokenizer, **kwargs) -> "BatchConfig":
+    """A config whose pad id is the tokenizer's."""
+    if tokenizer.pad_token_id is None:
+      raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token")
+    return cls(pad_token_id=int(tokenizer.pad_token_id), **kwargs)
+
+
+# Smallest default bucket per axis: short sentences share one shape.
+_DEFAULT_FLOORS = {"token": 16, "span": 32, "pair": 64, "edge": 64}
+# Default S and E as multiples of T (see `padded_sizes`). A sentence of w words has at
+# most max_span_size * w <= max_span_size * T candidates; the port's graph has about 2.7
+# edges per piece on 14res (at most 7.5).
+_EDGES_PER_TOKEN = 4
+
+
+def bucket_size(size: int, buckets: Optional[Sequence[int]], floor: int = 1) -> int:
+  """The padded size for `size`: the smallest bucket that holds it (see BatchConfig)."""
+  size = max(size, 1)
+  if buckets is None:
+    bucket = floor
+    while bucket < size:
+      # Alternate 2^k -> 3*2^(k-1) -> 2^(k+1): steps of 1.5x and 1.33x.
+      bucket = bucket * 3 // 2 if bucket & (bucket - 1) == 0 and bucket >= 2 else _next_power_of_two(bucket + 1)
+    return bucket
+  for bucket in buckets:
+    if bucket >= size:
+      return bucket
+  largest = buckets[-1]
+  return -(-size // largest) * largest
+
+
+def _next_power_of_two(value: int) -> int:
+  return 1 << (value - 1).bit_length()
+
+
+def padded_sizes(num_tokens: int, num_spans: int, num_pairs: int, num_edges: int,
+                 config: BatchConfig) -> Tuple[int, int, int, int]:
+  """Padded (T, S, P, E) for a batch needing the given sizes.
+
+  T is bucketed on its own. An axis with explicit buckets is bucketed on its own too.
+  By default S, P and E are tied to T so that a batch's shape is (almost always) a
+  function of T alone, which keeps compilations to about one per T bucket: S is at
+  least max_span_size * T, E at least 4 * T, P at least 64, each raised to its default
+  bucket when a batch needs more (rare: a gold span longer than max_span_size, a very
+  dense parse, a sentence with many gold spans).
+  """
+  seq_len = bucket_size(num_tokens, config.token_buckets, _DEFAULT_FLOORS["token"])
+
+  def tied(need: int, buckets: Optional[Sequence[int]], floor: int, tied_size: int) -> int:
+    if buckets is not None:
+      return bucket_size(need, buckets)
+    return max(tied_size, bucket_size(need, None, floor))
+
+  return (seq_len,
+          tied(num_spans, config.span_buckets, _DEFAULT_FLOORS["span"], config.max_span_size * seq_len),
+          tied(num_pairs, config.pair_buckets, _DEFAULT_FLOORS["pair"], _DEFAULT_FLOORS["pair"]),
+          tied(num_edges, config.edge_buckets, _DEFAULT_FLOORS["edge"], _EDGES_PER_TOKEN * seq_len))
+
+
+def _sentence_edges(encoded: EncodedExample, released: bool) -> graphs.Edges:
+  example = encoded.example
+  if released:
+    pieces = encoded.word_piece_bounds[:, 1] - encoded.word_piece_bounds[:, 0]
+    return graphs.released_edges(pieces.tolist(), example.dependency, encoded.num_pieces,
+                                 where=f"example {encoded.index} ({example.id})")
+  return graphs.sentence_edges(encoded.word_piece_bounds, example.heads, encoded.num_pieces)
+
+
+def _assemble(rows: List[Tuple[EncodedExample, sampling.SentenceSample, graphs.Edges]], config: BatchConfig,
+              with_pairs: bool) -> Batch:
+  """Pads the rows' arrays into one batch dict (WORKSPACE.md's contract)."""
+  batch_size = config.batch_size
+  seq_len, num_spans, num_pairs, num_edges = padded_sizes(
+      max(e.num_pieces for e, _, _ in rows), max(s.num_spans for _, s, _ in rows),
+      max(s.num_pairs for _, s, _ in rows), max(len(g[0]) for _, _, g in rows), config)
+  batch = {
+      "input_ids": np.full((batch_size, seq_len), config.pad_token_id, np.int32),
+      "attention_mask": np.zeros((batch_size, seq_len), np.int32),
+      # Padded spans point at [CLS] with size 0 so a model may pool them without NaNs.
+      "span_token_bounds": np.tile(np.asarray([0, 1], np.int32), (batch_size, num_spans, 1)),
+      "span_word_bounds": np.zeros((batch_size, num_spans, 2), np.int32),
+      "span_sizes": np.zeros((batch_size, num_spans), np.int32),
+      "span_mask": np.zeros((batch_size, num_spans), bool),
+      "span_labels": np.zeros((batch_size, num_spans), np.int32),
+      "graph_senders": np.zeros((batch_size, num_edges), np.int32),
+      "graph_receivers": np.zeros((batch_size, num_edges), np.int32),
+      "graph_edge_mask": np.zeros((batch_size, num_edges), bool),
+      "example_index": np.full((batch_size,), -1, np.int32),
+      "example_mask": np.zeros((batch_size,), bool),
+  }
+  if with_pairs:
+    batch["pair_indices"] = np.zeros((batch_size, num_pairs, 2), np.int32)
+    batch["pair_mask"] = np.zeros((batch_size, num_pairs), bool)
+    batch["pair_labels"] = np.zeros((batch_size, num_pairs, sampling.NUM_PAIR_OUTPUTS), np.float32)
+  for row, (encoded, sample, (senders, receivers)) in enumerate(rows):
+    length, spans, edges = encoded.num_pieces, sample.num_spans, len(senders)
+    batch["input_ids"][row, :length] = encoded.input_ids
+    batch["attention_mask"][row, :length] = 1
+    batch["span_token_bounds"][row, :spans] = sample.span_token_bounds
+    batch["span_word_bounds"][row, :spans] = sample.span_word_bounds
+    batch["span_sizes"][row, :spans] = sample.span_sizes
+    batch["span_mask"][row, :spans] = True
+    batch["span_labels"][row, :spans] = sample.span_labels
+    batch["graph_senders"][row, :edges] = senders
+    batch["graph_receivers"][row, :edges] = receivers
+    batch["graph_edge_mask"][row, :edges] = True
+    batch["example_index"][row] = encoded.index
+    batch["example_mask"][row] = True
+    if with_pairs:
+      pairs = sample.num_pairs
+      batch["pair_indices"][row, :pairs] = sample.pair_indices
+      batch["pair_mask"][row, :pairs] = True
+      batch["pair_labels"][row, :pairs] = sample.pair_labels
+  return batch
+
+
+def _check_indices(encoded: Sequence[EncodedExample]) -> None:
+  for position, item in enumerate(encoded):
+    if item.index != position:
+      raise ValueError(f"encoded example at position {position} has index {item.index}; "
+                       "encode the dataset with encode_examples so indices match positions")
+
+
+def train_order(lengths: Sequence[int], config: BatchConfig, epoch: int, seed: int) -> List[np.ndarray]:
+  """Example indices of each training batch of an epoch.
+
+  Args:
+    lengths: each example's number of pieces (used by length grouping only).
+    config: the batch config.
+    epoch, seed: the shuffle is `default_rng([seed, epoch])`.
+  """
+  num_examples = len(lengths)
+  rng = np.random.default_rng([seed, epoch])
+  order = rng.permutation(num_examples) if config.shuffle else np.arange(num_examples)
+  full = num_examples // config.batch_size * config.batch_size
+  # The dropped remainder is the tail of the shuffled order, with or without grouping.
+  order = order[:full if config.drop_remainder else num_examples]
+  if config.length_grouping_batches:
+    lengths = np.asarray(lengths)
+    window = config.length_grouping_batches * config.batch_size
+    order = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
+                            for chunk in np.split(order, range(window, len(order), window))])
+  batches = [order[start:start + config.batch_size] for start in range(0, len(order), config.batch_size)]
+  if config.length_grouping_batches and config.shuffle:
+    # Shuffle the batch order so the epoch is no length curriculum.
+    batches = [batches[index] for index in rng.permutation(len(batches))]
+  return batches
+
+
+def train_batches(encoded: Sequence[EncodedExample], config: BatchConfig, epoch: int, seed: int) -> Iterator[Batch]:
+  """Yields one epoch of training batches (see the module docstring)."""
+  _check_indices(encoded)
+  for indices in train_order([item.num_pieces for item in encoded], config, epoch, seed):
+    rows = []
+    for index in indices:
+      item = encoded[int(index)]
+      sample = sampling.train_sample(item, max_span_size=config.max_span_size,
+                                     neg_entity_count=config.neg_entity_count,
+                                     neg_triple_count=config.neg_triple_count,
+                                     rng=np.random.default_rng([seed, epoch, item.index]))
+      rows.append((item, sample, _sentence_edges(item, config.released_graph)))
+    yield _assemble(rows, config, with_pairs=True)
+
+
+def eval_batches(encoded: Sequence[EncodedExample], config: BatchConfig) -> Iterator[Batch]:
+  """Yields every sentence once, in order, with all candidate spans (see module docstring)."""
+  _check_indices(encoded)
+  order = list(encoded)
+  if config.eval_sort_by_length:
+    order.sort(key=lambda item: item.num_pieces)
+  for start in range(0, len(order), config.batch_size):
+    rows = [(item, sampling.eval_sample(item, max_span_size=config.max_span_size),
+             _sentence_edges(item, config.released_graph)) for item in order[start:start + config.batch_size]]
+    yield _assemble(rows, config, with_pairs=False)
+
+
+def batch_triplets(batch: Batch, pair_scores: Optional[np.ndarray] = None, pair_indices: Optional[np.ndarray] = None,
+                   pair_mask: Optional[np.ndarray] = None, threshold: float = 0.5) -> Dict[int, list]:
+  """Word-level triplets of each real row, keyed by example index.
+
+  Args:
+    batch: a batch dict.
+    pair_scores: float [B, P, 4] sentiment scores; default the batch's `pair_labels`.
+    pair_indices, pair_mask: the scored pairs; default the batch's.
+    threshold: the sentiment threshold (`sen_filter_threshold`).
+  """
+  pair_scores = batch["pair_labels"] if pair_scores is None else pair_scores
+  pair_indices = batch["pair_indices"] if pair_indices is None else pair_indices
+  pair_mask = batch["pair_mask"] if pair_mask is None else pair_mask
+  return {int(batch["example_index"][row]): sampling.triplets_from_pairs(
+      batch["span_word_bounds"][row], pair_indices[row], pair_scores[row], pair_mask[row], threshold)
+          for row in range(batch["example_index"].shape[0]) if batch["example_mask"][row]}
+
+
+def shape_report(encoded: Sequence[EncodedExample], config: BatchConfig, *, epoch: int = 0, seed: int = 0,
+                 train: bool = True) -> Dict[str, float]:
+  """Distinct batch shapes and padding efficiency of one epoch.
+
+  Returns:
+    num_batches; distinct_shapes (distinct (T, S, P, E) tuples, i.e. compilations of a
+    jitted step); token_efficiency (real pieces / B*T over all batches, padded rows
+    included), and span_, pair_ and edge_efficiency likewise.
+  """
+  batches = train_batches(encoded, config, epoch, seed) if train else eval_batches(encoded, config)
+  shapes = set()
+  totals = {"token": [0, 0], "span": [0, 0], "pair": [0, 0], "edge": [0, 0]}
+  count = 0
+  for batch in batches:
+    count += 1
+    masks = {"token": batch["attention_mask"], "span": batch["span_mask"], "edge": batch["graph_edge_mask"]}
+    if train:
+      masks["pair"] = batch["pair_mask"]
+    shapes.add(tuple(mask.shape[1] for mask in masks.values()))
+    for name, mask in masks.items():
+      totals[name][0] += int(mask.sum())
+      totals[name][1] += mask.size
+  report = {"num_batches": count, "distinct_shapes": len(shapes)}
+  for name, (real, padded) in totals.items():
+    if padded:
+      report[f"{name}_efficiency"] = real / padded
+  return report

@@ -1,0 +1,179 @@
+"""The syntactic graph of a sentence over its sub-token positions.
+
+Two constructions (docs/d2e2s-reference.md, "Encoding a sentence"), both returning the
+edge list of an undirected graph with self-loops, each directed edge once (so the dense
+adjacency is binary):
+
+* `sentence_edges` (the default): an edge between words a and b (from the word-level
+  parse, `Example.heads`) connects every piece of a with every piece of b; the pieces of
+  one word are connected to each other; `[CLS]`, `[SEP]` and words outside the parse
+  have only self-loops.
+* `released_edges`: the released reader's construction, reproduced for published
+  numbers. It takes the source parse verbatim (`Example.dependency`, indexed over the
+  parser's own words), and, walking the words in order, adds n-1 to every index greater
+  than i+1 (0-based word i with n > 1 pieces, comparing with the *unshifted* i+1), skips
+  the first entry (assumed ROOT), sets A[h-1, d-1] for each other entry, symmetrizes and
+  adds the identity. Its known mistakes, kept on purpose: every edge lands one position
+  early (word k's first piece is at position k, the row used is k-1, so the first word
+  is the `[CLS]` row); the shift compares with the unshifted word index, so after a
+  multi-piece word the edges drift further; a word is one position, not all its pieces;
+  a second ROOT entry (head 0) indexes row -1, which numpy wraps to the last position
+  (`[SEP]`); parse indices that do not match the words (the parse's own tokenization)
+  are used as they are. Two deliberate differences: an index past the matrix (where
+  the released code raises IndexError) drops that edge, and an entry present in both
+  directions yields one edge, not the weight 2 of `A + A.T`.
+
+`batch_graphs_tuple` and `dense_adjacency` turn the batch arrays (`graph_senders`,
+`graph_receivers`, `graph_edge_mask`, WORKSPACE.md) back into a padded
+`jraph.GraphsTuple` or a [B, T, T] adjacency, with jnp, inside jit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence, Tuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from d2e2s_jax.data.examples import DependencyEntry
+from d2e2s_jax.data.jraph_compat import jraph
+
+Edges = Tuple[np.ndarray, np.ndarray]  # (senders, receivers), int32 [E]
+
+
+def _edges_from_pairs(pairs: np.ndarray, num_positions: int) -> Edges:
+  """Symmetrizes directed (sender, receiver) pairs, adds self-loops, deduplicates."""
+  loops = np.arange(num_positions, dtype=np.int64)
+  pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+  senders = np.concatenate([pairs[:, 0], pairs[:, 1], loops])
+  receivers = np.concatenate([pairs[:, 1], pairs[:, 0], loops])
+  # Unique on a flat key keeps the edges sorted by (sender, receiver).
+  keys = np.unique(senders * num_positions + receivers)
+  return (keys // num_positions).astype(np.int32), (keys % num_positions).astype(np.int32)
+
+
+def sentence_edges(word_piece_bounds: np.ndarray, heads: Optional[Sequence[int]], num_positions: int) -> Edges:
+  """The port's graph: dependency edges between all pieces of the two words.
+
+  Args:
+    word_piece_bounds: int [num_words, 2], each word's pieces [start, end).
+    heads: 1-based head per word (0 = ROOT), at least num_words of them; None for a
+      sentence without a parse (only the within-word edges and self-loops remain).
+      Heads pointing past the kept (possibly truncated) words are dropped.
+    num_positions: the sequence length including `[CLS]`/`[SEP]`.
+
+  Returns:
+    (senders, receivers), int32, sorted, both directions and self-loops, each once.
+  """
+  num_words = word_piece_bounds.shape[0]
+  blocks = []
+
+  def connect(first: int, second: int) -> None:
+    first_pieces = np.arange(*word_piece_bounds[first])
+    second_pieces = np.arange(*word_piece_bounds[second])
+    blocks.append(np.stack(np.meshgrid(first_pieces, second_pieces, indexing="ij"), axis=-1).reshape(-1, 2))
+
+  for word in range(num_words):
+    connect(word, word)
+    if heads is not None and 0 < heads[word] <= num_words:
+      connect(heads[word] - 1, word)
+  pairs = np.concatenate(blocks) if blocks else np.zeros((0, 2), np.int64)
+  return _edges_from_pairs(pairs, num_positions)
+
+
+def released_edges(pieces_per_word: Sequence[int], dependency: Optional[Sequence[DependencyEntry]],
+                   num_positions: int, where: str = "") -> Edges:
+  """The released code's graph (see the module docstring for its known mistakes).
+
+  Args:
+    pieces_per_word: number of pieces of each word, in order.
+    dependency: the source parse entries verbatim; None gives self-loops only.
+    num_positions: the sequence length including `[CLS]`/`[SEP]`.
+    where: names the example in the warning about dropped out-of-range edges.
+
+  Returns:
+    (senders, receivers) as in `sentence_edges`.
+  """
+  if dependency is None:
+    return _edges_from_pairs(np.zeros((0, 2)), num_positions)
+  entries = [[head, dependent] for _, head, dependent in dependency]
+  for word, count in enumerate(pieces_per_word):
+    if count > 1:
+      # Like the released loop, the first entry is never shifted and the comparison
+      # uses the word's original 1-based index.
+      for entry in entries[1:]:
+        entry[0] += count - 1 if entry[0] > word + 1 else 0
+        entry[1] += count - 1 if entry[1] > word + 1 else 0
+  pairs, dropped = [], 0
+  for head, dependent in entries[1:]:
+    row, column = head - 1, dependent - 1
+    if row >= num_positions or column >= num_positions:
+      dropped += 1
+      continue
+    # numpy's negative indexing in the released code: row -1 is the last position.
+    pairs.append((row % num_positions, column % num_positions))
+  if dropped:
+    logging.warning("%s: released graph construction dropped %d edge(s) past %d positions", where, dropped,
+                    num_positions)
+  return _edges_from_pairs(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), num_positions)
+
+
+def edges_to_dense(senders: np.ndarray, receivers: np.ndarray, num_positions: int) -> np.ndarray:
+  """Binary float32 [T, T] adjacency of one sentence's edges (numpy)."""
+  adjacency = np.zeros((num_positions, num_positions), np.float32)
+  adjacency[senders, receivers] = 1.0
+  return adjacency
+
+
+def dense_adjacency(senders: jnp.ndarray, receivers: jnp.ndarray, edge_mask: jnp.ndarray,
+                    seq_len: int) -> jnp.ndarray:
+  """Batched binary adjacency [B, T, T] (float32) from the batch's edge arrays (jit-safe).
+
+  Args:
+    senders, receivers: int32 [B, E], sub-token positions.
+    edge_mask: bool [B, E], real edges.
+    seq_len: T, the padded sequence length (static).
+  """
+  batch_size = senders.shape[0]
+  rows = jnp.broadcast_to(jnp.arange(batch_size)[:, None], senders.shape)
+  adjacency = jnp.zeros((batch_size, seq_len, seq_len), jnp.float32)
+  # max rather than set: padded edges (mask False) may share an index with a real one.
+  return adjacency.at[rows, senders, receivers].max(edge_mask.astype(jnp.float32))
+
+
+def batch_graphs_tuple(senders: jnp.ndarray, receivers: jnp.ndarray, edge_mask: jnp.ndarray, seq_len: int,
+                       node_features: Optional[jnp.ndarray] = None) -> "jraph.GraphsTuple":
+  """One padded `jraph.GraphsTuple` for a batch (jit-safe, static shapes).
+
+  Sentence b owns nodes [b*T, (b+1)*T) (padded positions included, they only have
+  whatever edges the batch gives them). Following jraph's padding convention a last
+  padding graph holds one padding node and all masked edges, so `jraph.get_edge_padding_mask`
+  and `jraph.zero_out_padding` work; real edges come first, in batch order.
+
+  Args:
+    senders, receivers: int32 [B, E] positions within each sentence.
+    edge_mask: bool [B, E].
+    seq_len: T (static).
+    node_features: optional [B, T, ...] features; default a [B*T+1] zero placeholder.
+
+  Returns:
+    GraphsTuple with B+1 graphs, B*T+1 nodes and B*E edges.
+  """
+  batch_size, num_edges = senders.shape
+  num_nodes = batch_size * seq_len
+  offsets = (jnp.arange(batch_size, dtype=jnp.int32) * seq_len)[:, None]
+  flat_mask = edge_mask.reshape(-1)
+  flat_senders = jnp.where(flat_mask, (senders + offsets).reshape(-1), num_nodes)
+  flat_receivers = jnp.where(flat_mask, (receivers + offsets).reshape(-1), num_nodes)
+  order = jnp.argsort(~flat_mask, stable=True)  # real edges first, order kept
+  real_per_graph = edge_mask.sum(axis=1).astype(jnp.int32)
+  n_edge = jnp.concatenate([real_per_graph, jnp.reshape(batch_size * num_edges - real_per_graph.sum(), (1,))])
+  n_node = jnp.concatenate([jnp.full((batch_size,), seq_len, jnp.int32), jnp.ones((1,), jnp.int32)])
+  if node_features is None:
+    nodes = jnp.zeros((num_nodes + 1,), jnp.float32)
+  else:
+    flat_features = node_features.reshape((num_nodes,) + node_features.shape[2:])
+    nodes = jnp.concatenate([flat_features, jnp.zeros((1,) + node_features.shape[2:], node_features.dtype)])
+  return jraph.GraphsTuple(nodes=nodes, edges=None, senders=flat_senders[order], receivers=flat_receivers[order],
+                           globals=None, n_node=n_node, n_edge=n_edge)
