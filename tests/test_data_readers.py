@@ -1,0 +1,193 @@
+"""Tests for the readers, writers and parse alignment (d2e2s_jax.data.{readers,writers,parses})."""
+
+import json
+
+import pytest
+
+from d2e2s_jax.data import parses, readers, writers
+from d2e2s_jax.data.examples import DataError, Example, Triplet
+from tests.test_data_support import staff_example
+
+DATASETS = ("14lap", "14res", "15res", "16res")
+SPLITS = ("train", "dev", "test")
+# Sentences / triplets per split, from docs/d2e2s-reference.md.
+SPLIT_SIZES = {
+    ("14lap", "train"): (906, 1460), ("14lap", "dev"): (219, 346), ("14lap", "test"): (328, 543),
+    ("14res", "train"): (1266, 2338), ("14res", "dev"): (310, 577), ("14res", "test"): (492, 994),
+    ("15res", "train"): (605, 1013), ("15res", "dev"): (148, 249), ("15res", "test"): (322, 485),
+    ("16res", "train"): (857, 1394), ("16res", "dev"): (210, 339), ("16res", "test"): (326, 514),
+}
+# The JSON files cut one sentence at a "#" (leaving an empty last word); the raw files
+# keep it whole. The comparison must report it, once per split that holds it.
+TOKENIZATION_DIFFERENCES = {("14res", "train"): 748, ("15res", "train"): 436, ("16res", "dev"): 100}
+
+ALL_SPLITS = [(dataset, split) for dataset in DATASETS for split in SPLITS]
+
+
+def _record(**overrides):
+  record = {"tokens": ["the", "staff", "was", "horrible"],
+            "entities": [{"type": "target", "start": 1, "end": 2}, {"type": "opinion", "start": 3, "end": 4}],
+            "sentiments": [{"type": "NEGATIVE", "head": 0, "tail": 1}],
+            "pos": [["the", "DT"], ["staff", "NN"], ["was", "VBD"], ["horrible", "JJ"]],
+            "dependency": [["root", 0, 4], ["det", 2, 1], ["nsubj", 4, 2], ["cop", 4, 3]], "orig_id": "s0"}
+  record.update(overrides)
+  return {key: value for key, value in record.items() if value is not None}
+
+
+@pytest.mark.parametrize("dataset,split", ALL_SPLITS)
+def test_benchmark_sizes_and_both_sources_agree(shared_data_dir, dataset, split):
+  from_json = readers.read_examples(readers.dataset_paths(shared_data_dir, dataset, split))
+  from_text = readers.read_examples(readers.dataset_paths(shared_data_dir, dataset, split, "aste_v2"), "aste_v2")
+  sentences, triplets = SPLIT_SIZES[(dataset, split)]
+  for examples in (from_json, from_text):
+    assert len(examples) == sentences and sum(len(e.triplets) for e in examples) == triplets
+  assert all(example.has_parse for example in from_json)
+  assert len({example.id for example in from_json}) == sentences
+  differences = readers.compare_datasets(from_json, from_text)
+  expected = TOKENIZATION_DIFFERENCES.get((dataset, split))
+  if expected is None:
+    assert differences == []
+  else:
+    assert len(differences) == 1 and differences[0].startswith(f"sentence {expected} ")
+    assert "tokens differ" in differences[0]
+    assert from_json[expected].triplets == from_text[expected].triplets
+
+
+@pytest.mark.parametrize("dataset,split", [("14lap", "dev"), ("16res", "test")])
+@pytest.mark.parametrize("format_", ["d2e2s", "aste_v2"])
+def test_benchmark_round_trip(shared_data_dir, tmp_path, dataset, split, format_):
+  examples = readers.read_examples(readers.dataset_paths(shared_data_dir, dataset, split, format_), format_)
+  path = tmp_path / f"{split}.out"
+  writers.write_examples(examples, path, format_)
+  again = readers.read_examples(path, format_)
+  if format_ == "aste_v2":  # ids are "<file stem>:<line>"
+    assert [e.id for e in again] == [f"{split}:{line}" for line in range(1, len(examples) + 1)]
+    again = [Example(id=e.id, tokens=e.tokens, triplets=e.triplets) for e in examples]
+  assert again == examples
+
+
+def test_hand_made_round_trip_both_formats(tmp_path):
+  examples = [staff_example(), Example(id="x:2", tokens=("", "good", "food"),
+                                       triplets=(Triplet((2, 3), (1, 2), "POSITIVE"), Triplet((2, 3), (1, 2), "NEUTRAL")))]
+  writers.write_examples(examples, tmp_path / "a.json", "d2e2s")
+  assert readers.read_examples(tmp_path / "a.json") == examples
+  writers.write_examples(examples, tmp_path / "x.txt", "aste_v2")
+  text_examples = readers.read_examples(tmp_path / "x.txt", "aste_v2")
+  assert [(e.tokens, e.triplets) for e in text_examples] == [(e.tokens, e.triplets) for e in examples]
+  assert text_examples[1].id == "x:2"
+
+
+def test_writer_refuses_a_word_the_text_format_cannot_hold(tmp_path):
+  with pytest.raises(DataError, match=r"example 0 \(bad\): word 1 'a b'"):
+    writers.write_examples([Example(id="bad", tokens=("x", "a b"))], tmp_path / "t.txt", "aste_v2")
+
+
+JSON_ERRORS = [
+    ("not json", "{", r"invalid JSON at line 1"),
+    ("not a list", {"tokens": []}, r"expected a JSON list"),
+    ("missing field", [_record(sentiments=None)], r"record 0: missing field\(s\) \['sentiments'\]"),
+    ("empty sentence", [_record(tokens=[], entities=[], sentiments=[])], r"record 0: empty sentence"),
+    ("span outside", [_record(entities=[{"type": "target", "start": 1, "end": 5},
+                                        {"type": "opinion", "start": 3, "end": 4}])],
+     r"record 0: entity 0 \[1, 5\) is empty or outside the sentence of 4 words"),
+    ("empty span", [_record(entities=[{"type": "target", "start": 2, "end": 2},
+                                      {"type": "opinion", "start": 3, "end": 4}])], r"entity 0 \[2, 2\) is empty"),
+    ("unknown entity", [_record(entities=[{"type": "aspect", "start": 1, "end": 2},
+                                          {"type": "opinion", "start": 3, "end": 4}])], r"unknown type 'aspect'"),
+    ("unknown sentiment", [_record(sentiments=[{"type": "POS", "head": 0, "tail": 1}])], r"unknown type 'POS'"),
+    ("missing entity", [_record(sentiments=[{"type": "NEGATIVE", "head": 0, "tail": 2}])],
+     r"sentiment 0 tail 2 points at a missing entity"),
+    ("swapped roles", [_record(sentiments=[{"type": "NEGATIVE", "head": 1, "tail": 0}])],
+     r"head is entity 1 of type 'opinion'"),
+    ("dependency out of range", [_record(dependency=[["root", 0, 4], ["det", 7, 1], ["nsubj", 4, 2], ["cop", 4, 3]])],
+     r"dependency entry 1 \['det', 7, 1\] has an index outside"),
+    ("two heads", [_record(dependency=[["root", 0, 4], ["det", 2, 1], ["nsubj", 4, 1], ["cop", 4, 3]])],
+     r"word 1 of the parse has two heads"),
+    ("missing head", [_record(dependency=[["root", 0, 4], ["det", 2, 1], ["cop", 4, 3]])], r"no head to word\(s\) \[2\]"),
+    ("cycle", [_record(dependency=[["root", 0, 4], ["det", 2, 1], ["nsubj", 3, 2], ["cop", 2, 3]])], r"form a cycle"),
+    ("bad entry", [_record(dependency=[["root", 0, "4"]])], r"dependency entry 0 is"),
+    ("bad pos", [_record(pos=[["the"]])], r"'pos' must be"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", JSON_ERRORS, ids=[case[0] for case in JSON_ERRORS])
+def test_json_errors_name_the_file_and_record(tmp_path, name, content, message):
+  del name
+  path = tmp_path / "bad.json"
+  path.write_text(content if isinstance(content, str) else json.dumps(content))
+  with pytest.raises(DataError, match=message) as raised:
+    readers.read_examples(path)
+  assert str(raised.value).startswith(str(path)) and "\n" not in str(raised.value)
+
+
+TEXT_ERRORS = [
+    ("no separator", "the food", r"line 2: missing the '####'"),
+    ("bad list", "the food####[([1], [0], 'POS'", r"line 2: cannot parse the triplet list"),
+    ("unknown sentiment", "the food####[([1], [0], 'GOOD')]", r"line 2: triplet 0 has unknown sentiment 'GOOD'"),
+    ("not contiguous", "a b c d####[([0, 2], [3], 'POS')]", r"aspect \[0, 2\] is not a contiguous"),
+    ("outside", "a b####[([1], [2], 'NEG')]", r"opinion \[2, 3\) is empty or outside the sentence of 2 words"),
+    ("empty span", "a b####[([], [1], 'NEG')]", r"aspect must be a non-empty list"),
+    ("empty sentence", "####[]", r"line 2: empty sentence"),
+]
+
+
+@pytest.mark.parametrize("name,line,message", TEXT_ERRORS, ids=[case[0] for case in TEXT_ERRORS])
+def test_text_errors_name_the_file_and_line(tmp_path, name, line, message):
+  del name
+  path = tmp_path / "bad.txt"
+  path.write_text("good food####[([1], [0], 'POS')]\n" + line + "\n")
+  with pytest.raises(DataError, match=message) as raised:
+    readers.read_examples(path, "aste_v2")
+  assert str(raised.value).startswith(f"{path}, line 2")
+
+
+def test_invalid_utf8_and_missing_file(tmp_path):
+  path = tmp_path / "latin.txt"
+  path.write_bytes("caf\xe9 food####[]".encode("latin-1"))
+  with pytest.raises(DataError, match=r"latin.txt: not valid UTF-8 at byte 3"):
+    readers.read_examples(path, "aste_v2")
+  with pytest.raises(DataError, match="cannot read the file"):
+    readers.read_examples(tmp_path / "absent.json")
+  with pytest.raises(ValueError, match="unknown dataset format"):
+    readers.read_examples(path, "conll")
+
+
+def test_skip_invalid_counts_and_returns_the_errors(tmp_path):
+  path = tmp_path / "mixed.json"
+  path.write_text(json.dumps([_record(), _record(tokens=[]), _record(orig_id="s2"),
+                              _record(sentiments=[{"type": "NEGATIVE", "head": 0, "tail": 9}])]))
+  with pytest.raises(DataError, match="record 1"):
+    readers.read_examples(path)
+  assert [e.id for e in readers.read_examples(path, skip_invalid=True)] == ["s0", "s2"]
+  examples, errors = readers.read_examples_with_errors(path)
+  assert len(examples) == 2 and [str(e).split(":")[0] for e in errors] == [f"{path}, record 1", f"{path}, record 3"]
+
+
+def test_json_record_without_parse_or_id(tmp_path):
+  path = tmp_path / "plain.json"
+  path.write_text(json.dumps([_record(pos=None, dependency=None, orig_id=None)]))
+  (example,) = readers.read_examples(path)
+  assert example.id == "plain:0" and not example.has_parse and example.pos_tags is None
+
+
+def test_parse_alignment_handles_split_dropped_and_restarted_words():
+  tokens = ("the", "drinks", "(", "till", "8pm", ")", "built-in", ".", "!")
+  parse_words = ("the", "drinks", "till", "8", "pm", "builtin", ".", "!")
+  # Second segment ("!") restarts its indices at 1 after a second ROOT entry.
+  dependency = (("ROOT", 0, 2), ("det", 2, 1), ("case", 5, 3), ("nummod", 5, 4), ("nmod", 2, 5),
+                ("amod", 2, 6), ("punct", 2, 7), ("ROOT", 0, 1))
+  validated = parses.validate_dependency([list(entry) for entry in dependency], len(parse_words), "f, record 0")
+  assert validated == dependency
+  assert parses.align_words(tokens, parse_words) == [0, 1, 3, 4, 4, 6, 7, 8]
+  heads, relations = parses.word_level_parse(tokens, parse_words, dependency)
+  # "8pm" takes the head of "pm" (its top word); brackets are outside the parse.
+  assert heads == (2, 0, 0, 5, 2, 0, 2, 2, 0)
+  assert relations == ("det", "ROOT", "_", "case", "nmod", "_", "amod", "punct", "ROOT")
+  parses.validate_heads(heads, "f")
+
+
+def test_validate_heads_rejects_cycles_and_out_of_range():
+  with pytest.raises(DataError, match="cycle"):
+    parses.validate_heads((2, 1), "f")
+  with pytest.raises(DataError, match="word 1 has head 3"):
+    parses.validate_heads((3, 0), "f")
