@@ -135,7 +135,7 @@ def test_load_pretrained_reports_a_bad_checkpoint_with_its_directory(tmp_path, x
 
 
 def test_missing_local_directory_is_a_one_line_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
+  with pytest.raises(FileNotFoundError, match="absent: not a directory"):
     deberta_v2.load_pretrained(str(tmp_path / "absent"))
 
 
@@ -144,7 +144,7 @@ def test_hub_name_offline_and_not_cached_is_a_one_line_error(tmp_path):
          "PYTHONPATH": REPO_ROOT}
   script = ("from d2e2s_jax.models import deberta_v2\n"
             "try:\n  deberta_v2.load_pretrained('microsoft/deberta-v3-base')\n"
-            "except OSError as e:\n  print('ERROR:', e)\n")
+            "except FileNotFoundError as e:\n  print('ERROR:', e)\n")
   result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
                           check=True)
   lines = [l for l in result.stdout.splitlines() if l.startswith("ERROR:")]

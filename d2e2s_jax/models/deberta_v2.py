@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from d2e2s_jax.models import deberta_v2_hub
 from d2e2s_jax.models.deberta_v2_config import DebertaV2Config
 
 Array = jax.Array
@@ -473,30 +474,6 @@ _HUB_WEIGHT_FILES = ["config.json", "model.safetensors", "model.safetensors.inde
                      "pytorch_model.bin"]
 
 
-def _looks_local(name_or_path: str) -> bool:
-  return os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~"))
-
-
-def resolve_checkpoint_dir(name_or_path: str) -> str:
-  """A local directory holding config.json and the weights: the argument itself, or a
-  Hugging Face hub snapshot (downloaded when online, else taken from the cache)."""
-  name_or_path = os.fspath(name_or_path)
-  if os.path.isdir(name_or_path):
-    return name_or_path
-  if _looks_local(name_or_path):
-    raise FileNotFoundError(f"{name_or_path}: no such checkpoint directory")
-  import huggingface_hub  # pylint: disable=import-outside-toplevel
-  try:
-    return huggingface_hub.snapshot_download(name_or_path, allow_patterns=_HUB_WEIGHT_FILES)
-  except Exception as e:  # pylint: disable=broad-except
-    # The hub's own messages run over several lines; keep the cause on one.
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-      raise OSError(f"{name_or_path}: not a local directory and not in the Hugging Face cache, and the hub is "
-                    "offline (HF_HUB_OFFLINE=1); download it once online or pass a directory") from None
-    cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise OSError(f"{name_or_path}: not a local directory and the hub download failed: {cause}") from None
-
-
 def load_pretrained(name_or_path: str, dtype: Dtype = jnp.float32, *, remat_policy: str = "none",
                     ignore_keys: Tuple[str, ...] = ()) -> Tuple[DebertaV2Model, Any]:
   """Loads a HF DeBERTa-v2/v3 checkpoint as (model, params).
@@ -510,9 +487,14 @@ def load_pretrained(name_or_path: str, dtype: Dtype = jnp.float32, *, remat_poli
 
   Returns:
     (DebertaV2Model, params) with params a nested dict of float32 jax arrays.
+
+  Raises:
+    FileNotFoundError: no such directory, no weights in it, or a hub name that is not
+      cached while offline (one line, see deberta_v2_hub).
+    ConversionError: the weights do not fit the config (names the directory and key).
   """
   from d2e2s_jax.models import deberta_v2_convert  # pylint: disable=import-outside-toplevel
-  directory = resolve_checkpoint_dir(name_or_path)
+  directory = str(deberta_v2_hub.resolve_pretrained_directory(name_or_path, _HUB_WEIGHT_FILES))
   config = DebertaV2Config.from_hf(directory)
   try:
     flat_params = deberta_v2_convert.hf_to_flax(deberta_v2_convert.read_state_dict(directory), config, ignore_keys)
