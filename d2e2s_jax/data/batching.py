@@ -19,10 +19,11 @@ Public API:
   efficiency.
 
 A batch is a flat dict of numpy arrays whose leading axis is the (static) batch size,
-so it can be sharded along that axis. T (sequence), S (spans), P (pairs) and E (graph
-edges per sentence) are each rounded up to a bucket: by default the sizes 2^k and
-3 * 2^(k-1) above a floor (at most 1.5x padding per axis, a handful of sizes per
-dataset), so the jitted steps compile a bounded number of times.
+so it can be sharded along that axis. T (sequence) is rounded up to a bucket, by default
+the sizes 2^k and 3 * 2^(k-1) from 16 (at most 1.5x padding); S (spans), P (pairs) and
+E (graph edges per sentence) are, by default, functions of T measured on the dataset
+(`ShapePlan`), so every batch with the same T has the same shape and the jitted steps
+compile about once per T bucket.
 """
 
 from __future__ import annotations
@@ -101,12 +102,48 @@ class BatchConfig:
     return cls(pad_token_id=int(tokenizer.pad_token_id), **kwargs)
 
 
-# Smallest default bucket per axis: short sentences share one shape.
-_DEFAULT_FLOORS = {"token": 16, "span": 32, "pair": 64, "edge": 64}
-# Default S and E as multiples of T (see `padded_sizes`). A sentence of w words has at
-# most max_span_size * w <= max_span_size * T candidates; the port's graph has about 2.7
-# edges per piece on 14res (at most 7.5).
-_EDGES_PER_TOKEN = 4
+# Smallest default T bucket: short sentences share one shape.
+_TOKEN_FLOOR = 16
+# S, P and E are rounded up to a multiple of this.
+_AXIS_QUANTUM = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapePlan:
+  """Per-dataset sizes that make S, P and E functions of the T bucket.
+
+  A batch padded to T holds only sentences of at most T pieces, so it never needs more
+  spans (pairs, edges) than the largest need among all such sentences of the dataset.
+  That bound, rounded up to a multiple of 8, is the padded size: every batch of the
+  dataset with the same T has the same shape, and the jitted step compiles once per T
+  bucket. The counts are exact before sampling (`sampling.sample_sizes`).
+
+  Attributes:
+    lengths: the sentences' piece counts, ascending.
+    running_max: int [N, 3], for each prefix of `lengths`, the largest (spans, pairs,
+      edges) need among those sentences.
+  """
+
+  lengths: np.ndarray
+  running_max: np.ndarray
+
+  @classmethod
+  def measure(cls, lengths: Sequence[int], needs: Sequence[Tuple[int, int, int]]) -> "ShapePlan":
+    lengths = np.asarray(lengths, dtype=np.int64)
+    needs = np.asarray(needs, dtype=np.int64).reshape(-1, 3)
+    order = np.argsort(lengths, kind="stable")
+    running_max = np.maximum.accumulate(needs[order], axis=0) if len(order) else np.zeros((0, 3), np.int64)
+    return cls(lengths=lengths[order], running_max=running_max)
+
+  def size(self, axis: int, seq_len: int, need: int) -> int:
+    count = int(np.searchsorted(self.lengths, seq_len, side="right"))
+    bound = int(self.running_max[count - 1, axis]) if count else 0
+    # max with the need guards against a batch the plan was not measured on.
+    return _round_up(max(bound, need, 1), _AXIS_QUANTUM)
+
+
+def _round_up(value: int, quantum: int) -> int:
+  return -(-value // quantum) * quantum
 
 
 def bucket_size(size: int, buckets: Optional[Sequence[int]], floor: int = 1) -> int:
@@ -129,28 +166,20 @@ def _next_power_of_two(value: int) -> int:
   return 1 << (value - 1).bit_length()
 
 
-def padded_sizes(num_tokens: int, num_spans: int, num_pairs: int, num_edges: int,
-                 config: BatchConfig) -> Tuple[int, int, int, int]:
+def padded_sizes(num_tokens: int, num_spans: int, num_pairs: int, num_edges: int, config: BatchConfig,
+                 plan: ShapePlan) -> Tuple[int, int, int, int]:
   """Padded (T, S, P, E) for a batch needing the given sizes.
 
-  T is bucketed on its own. An axis with explicit buckets is bucketed on its own too.
-  By default S, P and E are tied to T so that a batch's shape is (almost always) a
-  function of T alone, which keeps compilations to about one per T bucket: S is at
-  least max_span_size * T, E at least 4 * T, P at least 64, each raised to its default
-  bucket when a batch needs more (rare: a gold span longer than max_span_size, a very
-  dense parse, a sentence with many gold spans).
+  T comes from `config.token_buckets` (default: the 2^k / 3*2^(k-1) series from 16).
+  An axis with explicit buckets in the config is bucketed on its own; otherwise it is
+  sized by the dataset's `ShapePlan`, as a function of T.
   """
-  seq_len = bucket_size(num_tokens, config.token_buckets, _DEFAULT_FLOORS["token"])
-
-  def tied(need: int, buckets: Optional[Sequence[int]], floor: int, tied_size: int) -> int:
-    if buckets is not None:
-      return bucket_size(need, buckets)
-    return max(tied_size, bucket_size(need, None, floor))
-
-  return (seq_len,
-          tied(num_spans, config.span_buckets, _DEFAULT_FLOORS["span"], config.max_span_size * seq_len),
-          tied(num_pairs, config.pair_buckets, _DEFAULT_FLOORS["pair"], _DEFAULT_FLOORS["pair"]),
-          tied(num_edges, config.edge_buckets, _DEFAULT_FLOORS["edge"], _EDGES_PER_TOKEN * seq_len))
+  seq_len = bucket_size(num_tokens, config.token_buckets, _TOKEN_FLOOR)
+  sizes = [seq_len]
+  for axis, (need, buckets) in enumerate(((num_spans, config.span_buckets), (num_pairs, config.pair_buckets),
+                                          (num_edges, config.edge_buckets))):
+    sizes.append(bucket_size(need, buckets) if buckets is not None else plan.size(axis, seq_len, need))
+  return tuple(sizes)
 
 
 def _sentence_edges(encoded: EncodedExample, released: bool) -> graphs.Edges:
@@ -162,13 +191,26 @@ def _sentence_edges(encoded: EncodedExample, released: bool) -> graphs.Edges:
   return graphs.sentence_edges(encoded.word_piece_bounds, example.heads, encoded.num_pieces)
 
 
+def plan_dataset(encoded: Sequence[EncodedExample], config: BatchConfig,
+                 train: bool) -> Tuple[List[graphs.Edges], ShapePlan]:
+  """Each sentence's graph edges and the dataset's ShapePlan (computed once per pass)."""
+  edges = [_sentence_edges(item, config.released_graph) for item in encoded]
+  needs = []
+  for item, (senders, _) in zip(encoded, edges):
+    spans, pairs = sampling.sample_sizes(item, max_span_size=config.max_span_size,
+                                         neg_entity_count=config.neg_entity_count,
+                                         neg_triple_count=config.neg_triple_count, train=train)
+    needs.append((spans, pairs, len(senders)))
+  return edges, ShapePlan.measure([item.num_pieces for item in encoded], needs)
+
+
 def _assemble(rows: List[Tuple[EncodedExample, sampling.SentenceSample, graphs.Edges]], config: BatchConfig,
-              with_pairs: bool) -> Batch:
+              plan: ShapePlan, with_pairs: bool) -> Batch:
   """Pads the rows' arrays into one batch dict (WORKSPACE.md's contract)."""
   batch_size = config.batch_size
   seq_len, num_spans, num_pairs, num_edges = padded_sizes(
       max(e.num_pieces for e, _, _ in rows), max(s.num_spans for _, s, _ in rows),
-      max(s.num_pairs for _, s, _ in rows), max(len(g[0]) for _, _, g in rows), config)
+      max(s.num_pairs for _, s, _ in rows), max(len(g[0]) for _, _, g in rows), config, plan)
   batch = {
       "input_ids": np.full((batch_size, seq_len), config.pad_token_id, np.int32),
       "attention_mask": np.zeros((batch_size, seq_len), np.int32),
@@ -246,6 +288,7 @@ def train_order(lengths: Sequence[int], config: BatchConfig, epoch: int, seed: i
 def train_batches(encoded: Sequence[EncodedExample], config: BatchConfig, epoch: int, seed: int) -> Iterator[Batch]:
   """Yields one epoch of training batches (see the module docstring)."""
   _check_indices(encoded)
+  edges, plan = plan_dataset(encoded, config, train=True)
   for indices in train_order([item.num_pieces for item in encoded], config, epoch, seed):
     rows = []
     for index in indices:
@@ -254,20 +297,21 @@ def train_batches(encoded: Sequence[EncodedExample], config: BatchConfig, epoch:
                                      neg_entity_count=config.neg_entity_count,
                                      neg_triple_count=config.neg_triple_count,
                                      rng=np.random.default_rng([seed, epoch, item.index]))
-      rows.append((item, sample, _sentence_edges(item, config.released_graph)))
-    yield _assemble(rows, config, with_pairs=True)
+      rows.append((item, sample, edges[item.index]))
+    yield _assemble(rows, config, plan, with_pairs=True)
 
 
 def eval_batches(encoded: Sequence[EncodedExample], config: BatchConfig) -> Iterator[Batch]:
   """Yields every sentence once, in order, with all candidate spans (see module docstring)."""
   _check_indices(encoded)
+  edges, plan = plan_dataset(encoded, config, train=False)
   order = list(encoded)
   if config.eval_sort_by_length:
     order.sort(key=lambda item: item.num_pieces)
   for start in range(0, len(order), config.batch_size):
-    rows = [(item, sampling.eval_sample(item, max_span_size=config.max_span_size),
-             _sentence_edges(item, config.released_graph)) for item in order[start:start + config.batch_size]]
-    yield _assemble(rows, config, with_pairs=False)
+    rows = [(item, sampling.eval_sample(item, max_span_size=config.max_span_size), edges[item.index])
+            for item in order[start:start + config.batch_size]]
+    yield _assemble(rows, config, plan, with_pairs=False)
 
 
 def batch_triplets(batch: Batch, pair_scores: Optional[np.ndarray] = None, pair_indices: Optional[np.ndarray] = None,

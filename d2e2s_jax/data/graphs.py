@@ -67,19 +67,22 @@ def sentence_edges(word_piece_bounds: np.ndarray, heads: Optional[Sequence[int]]
     (senders, receivers), int32, sorted, both directions and self-loops, each once.
   """
   num_words = word_piece_bounds.shape[0]
-  blocks = []
-
-  def connect(first: int, second: int) -> None:
-    first_pieces = np.arange(*word_piece_bounds[first])
-    second_pieces = np.arange(*word_piece_bounds[second])
-    blocks.append(np.stack(np.meshgrid(first_pieces, second_pieces, indexing="ij"), axis=-1).reshape(-1, 2))
-
-  for word in range(num_words):
-    connect(word, word)
-    if heads is not None and 0 < heads[word] <= num_words:
-      connect(heads[word] - 1, word)
-  pairs = np.concatenate(blocks) if blocks else np.zeros((0, 2), np.int64)
-  return _edges_from_pairs(pairs, num_positions)
+  # Word-level adjacency (each word with itself, and with its head), spread to pieces
+  # through the piece x word membership matrix: A = M W M^T.
+  word_adjacency = np.eye(num_words, dtype=np.int32)
+  if heads is not None:
+    dependents = np.arange(num_words)
+    head_index = np.asarray(heads[:num_words], dtype=np.int64) - 1
+    inside = (head_index >= 0) & (head_index < num_words)
+    word_adjacency[head_index[inside], dependents[inside]] = 1
+    word_adjacency[dependents[inside], head_index[inside]] = 1
+  positions = np.arange(num_positions)[:, None]
+  membership = ((positions >= word_piece_bounds[None, :, 0]) & (positions < word_piece_bounds[None, :, 1]))
+  membership = membership.astype(np.int32)
+  adjacency = (membership @ word_adjacency @ membership.T) > 0
+  adjacency |= np.eye(num_positions, dtype=bool)
+  senders, receivers = np.nonzero(adjacency)
+  return senders.astype(np.int32), receivers.astype(np.int32)
 
 
 def released_edges(pieces_per_word: Sequence[int], dependency: Optional[Sequence[DependencyEntry]],

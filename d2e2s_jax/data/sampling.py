@@ -156,6 +156,29 @@ def train_sample(encoded: EncodedExample, *, max_span_size: int, neg_entity_coun
   return _finish(encoded, spans, labels, pairs, pair_labels)
 
 
+def sample_sizes(encoded: EncodedExample, *, max_span_size: int, neg_entity_count: int, neg_triple_count: int,
+                 train: bool) -> Tuple[int, int]:
+  """(spans, pairs) that `train_sample` / `eval_sample` give this sentence, for any rng.
+
+  The counts do not depend on the draw (min(count, available) negatives), so batching
+  can size its buckets for a whole dataset before sampling.
+  """
+  candidates = candidate_spans(encoded.num_words, max_span_size)
+  if not train:
+    return len(candidates), 0
+  span_labels = gold_span_labels(encoded.triplets)
+  negatives = len(candidates) - sum(1 for span in candidates if span in span_labels)
+  num_gold = len(span_labels)
+  positive_pairs = {(t.aspect, t.opinion) for t in encoded.triplets}
+  negative_pairs = num_gold * (num_gold - 1) - sum(1 for aspect, opinion in positive_pairs if aspect != opinion)
+
+  def drawn(count: int, available: int) -> int:
+    return available if count < 0 else min(count, available)
+
+  return (num_gold + drawn(neg_entity_count, negatives),
+          len(positive_pairs) + drawn(neg_triple_count, negative_pairs))
+
+
 def eval_sample(encoded: EncodedExample, *, max_span_size: int) -> SentenceSample:
   """Evaluation candidates: every span up to max_span_size with its gold label; no pairs."""
   span_labels = gold_span_labels(encoded.triplets)
