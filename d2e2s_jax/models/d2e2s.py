@@ -1,0 +1,372 @@
+"""The D2E2S head (`D2E2SHead`), the full model (`D2E2S` = DeBERTa + head) and its config.
+
+The head follows /work/shared/docs/d2e2s-reference.md, "The model", steps 2-9: a BiLSTM
+channel over the encoder states, a syntactic and a semantic GCN over both, the fusion
+("TIN": residual blocks, BiLSTM, MLP), a parameter-free self-attention residual, the span
+and pair classifiers, and the KL term between the semantic and syntactic graphs.
+
+Deliberate differences from the released code (each also noted where it happens):
+* Both LSTMs honour sentence lengths (see `lstm.py`); the released ones run unpacked.
+* The released TIN computes two residual blocks, `R_1(h + SynGCN(h))` and
+  `R_3(h + SemGCN(h))`, and discards them. We compute neither (nor `SynGCN(h)`, nor the
+  GCN layers of `SemGCN(h)`); only the attention graph `A_h` of `SemGCN(h)` is computed,
+  for the KL term. Outputs are unchanged; their checkpoint weights are listed as ignored
+  by the importer, as are `fc.*` and `attention_layer.*`.
+* Span and pair max-pooling use a sparse table of range maxima instead of materialising
+  [B, S, T, d] masked copies of the sequence: the same values, O(T log T d) memory.
+* Padded span candidates get a zero pool instead of -1e30 (the released value), so that
+  no huge logit exists even where the loss masks it.
+* `[CLS]` is read at position 0 instead of by token id.
+* Masked keys of the self-attention residual get float32's minimum rather than -inf, so
+  that a padding row (no real key) yields zeros instead of NaN; real rows are unchanged.
+* The KL term sums over the padded [T, T] matrices like the released one, but our T is a
+  bucket length rather than the batch maximum, so its value (not its gradient when
+  differentiable: padded entries are constants) depends on the bucket. It is
+  non-differentiable by default, as released, and `kl_differentiable` makes it a loss.
+  Its `|kl / 2|` is floored at 1e-12 so that identical graphs give a large finite term.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from d2e2s_jax.models import decoding
+from d2e2s_jax.models.gcn import SemGCN, SynGCN, SyntacticEdges, IMPLEMENTATIONS, torch_like_dense
+from d2e2s_jax.models.lstm import BiLSTM
+
+Array = jax.Array
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by the released TIN
+
+
+@dataclasses.dataclass(frozen=True)
+class D2E2SConfig:
+  """What the D2E2S head computes (and, with `encoder`, the full model).
+
+  Defaults are the released `Parameter.py` defaults where it has one (and its effective
+  values where it ignores its own flags: 2 GCN layers, GCN dropout 0.1).
+
+  Attributes:
+    hidden_size: d, the encoder width. Must equal `encoder.hidden_size` when both are set.
+    hidden_dim: units per direction of the BiLSTM channel; 2 * hidden_dim must equal d.
+    lstm_layers: layers of the BiLSTM channel.
+    drop_out_rate: dropout between the channel's layers and on its output.
+    gcn_layers: layers of SynGCN and SemGCN.
+    gcn_dropout: dropout between GCN layers.
+    attention_heads: heads of SemGCN's attention graph.
+    prop_drop: dropout on the span and pair classifier inputs.
+    size_embedding: width of the span size embedding.
+    num_size_embeddings: rows of the size embedding table (sizes must be smaller).
+    num_entity_types: span classes (None, target, opinion).
+    num_sentiment_types: pair outputs (NEUTRAL, POSITIVE, NEGATIVE, INVALID).
+    sen_filter_threshold: sigmoid threshold of a sentiment at decoding.
+    max_span_size: longest candidate span in words (used by the data pipeline).
+    max_decoded_spans: k, spans kept per sentence at decoding (see decoding.py).
+    kl_weight: weight of the KL term in the total loss.
+    kl_differentiable: let gradients flow through the KL term (released: no).
+    graph_implementation: "dense" or "jraph" (see gcn.py).
+    dtype: compute dtype name, "float32" or "bfloat16"; parameters stay float32.
+    encoder: the DeBERTa-v2 config of the full model, None for the head alone.
+  """
+
+  hidden_size: int = 768
+  hidden_dim: int = 384
+  lstm_layers: int = 2
+  drop_out_rate: float = 0.5
+  gcn_layers: int = 2
+  gcn_dropout: float = 0.1
+  attention_heads: int = 1
+  prop_drop: float = 0.1
+  size_embedding: int = 25
+  num_size_embeddings: int = 100
+  num_entity_types: int = 3
+  num_sentiment_types: int = 4
+  sen_filter_threshold: float = 0.4
+  max_span_size: int = 8
+  max_decoded_spans: int = 24
+  kl_weight: float = 10.0
+  kl_differentiable: bool = False
+  graph_implementation: str = "dense"
+  dtype: str = "float32"
+  encoder: Optional[Any] = None  # DebertaV2Config; Any keeps this module free of the encoder
+
+  def __post_init__(self):
+    if 2 * self.hidden_dim != self.hidden_size:
+      raise ValueError(f"2 * hidden_dim ({2 * self.hidden_dim}) must equal hidden_size ({self.hidden_size}): "
+                       "the GCNs share one width for the encoder and BiLSTM features")
+    if self.encoder is not None and self.encoder.hidden_size != self.hidden_size:
+      raise ValueError(f"hidden_size {self.hidden_size} != encoder width {self.encoder.hidden_size}")
+    if self.graph_implementation not in IMPLEMENTATIONS:
+      raise ValueError(f"graph_implementation must be one of {IMPLEMENTATIONS}, got {self.graph_implementation!r}")
+    if self.dtype not in _DTYPES:
+      raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {self.dtype!r}")
+    if self.hidden_size % self.attention_heads:
+      raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.attention_heads} heads")
+
+  @property
+  def compute_dtype(self):
+    """The jnp dtype named by `dtype`."""
+    return _DTYPES[self.dtype]
+
+
+def range_max_table(x: Array) -> Array:
+  """Sparse table of range maxima: table[j, b, t] = max(x[b, t : t + 2**j]) (clipped).
+
+  Args:
+    x: [B, T, d].
+
+  Returns:
+    [L, B, T, d] with L = floor(log2(T)) + 1.
+  """
+  levels = [x]
+  width = 1
+  while 2 * width <= x.shape[1]:
+    previous = levels[-1]
+    # Entries whose window runs past T are never read by `range_max`; any value will do.
+    shifted = jnp.concatenate([previous[:, width:], previous[:, -width:]], axis=1)
+    levels.append(jnp.maximum(previous, shifted))
+    width *= 2
+  return jnp.stack(levels)
+
+
+def range_max(table: Array, start: Array, end: Array) -> Array:
+  """max(x[b, start:end]) for [B, N] ranges, read from `range_max_table(x)`.
+
+  Empty ranges (end <= start) return garbage; callers mask them.
+
+  Returns:
+    [B, N, d].
+  """
+  length = jnp.maximum(end - start, 1)
+  level = jnp.zeros_like(length)
+  for j in range(1, table.shape[0]):
+    level = level + (length >= 2 ** j)
+  end_start = jnp.maximum(end - 2 ** level, 0)
+  rows = jnp.arange(start.shape[0])[:, None]
+  return jnp.maximum(table[level, rows, start], table[level, rows, end_start])
+
+
+class ResidualBlock(nn.Module):
+  """`LayerNorm(Linear(relu(Linear(x))))`, the released TIN's `residual_layer*` and
+  `feature_fusion` (PyTorch Sequential indices 0, 2, 3 -> `linear_0`, `linear_2`, `norm_3`)."""
+
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = torch_like_dense(self.features, self.dtype, name="linear_0")(x)
+    x = torch_like_dense(self.features, self.dtype, name="linear_2")(jax.nn.relu(x))
+    return nn.LayerNorm(epsilon=_LAYER_NORM_EPS, dtype=self.dtype, param_dtype=jnp.float32,
+                        use_fast_variance=False, name="norm_3")(x)
+
+
+class Fusion(nn.Module):
+  """The used part of the released TIN: two residual blocks, a BiLSTM and an MLP."""
+
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, hidden: Array, syntactic: Array, semantic: Array, mask: Array) -> Array:
+    """Fuses h + SynGCN(g) and h + SemGCN(g) into [B, T, d]."""
+    syntactic = ResidualBlock(self.features, self.dtype, name="residual_layer2")(hidden + syntactic)
+    semantic = ResidualBlock(self.features, self.dtype, name="residual_layer4")(hidden + semantic)
+    fused = BiLSTM(self.features, 2, 0.0, self.dtype, name="lstm")(
+        jnp.concatenate([syntactic, semantic], axis=-1), mask)
+    return ResidualBlock(self.features, self.dtype, name="feature_fusion")(fused)
+
+
+def self_attention_residual(features: Array, mask: Array) -> Array:
+  """`softmax_keys(F F^T) @ F * query_mask + F`, no scaling and no parameters."""
+  mask = mask.astype(bool)
+  scores = jnp.einsum("bqd,bkd->bqk", features, features).astype(jnp.float32)
+  scores = jnp.where(mask[:, None, :], scores, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=-1).astype(features.dtype)
+  attended = jnp.einsum("bqk,bkd->bqd", weights, features)
+  return jnp.where(mask[..., None], attended, 0) + features
+
+
+def kl_term(semantic_adjacency: Array, syntactic_adjacency: Array) -> Array:
+  """`log(1 + 5 / |kl / 2|)` with `kl` the symmetric KL of the row softmaxes, summed.
+
+  Args:
+    semantic_adjacency: [B, T, T] P = A_h.
+    syntactic_adjacency: [B, T, T] K = A.
+
+  Returns:
+    float32 scalar.
+  """
+  log_p = jax.nn.log_softmax(semantic_adjacency.astype(jnp.float32), axis=-1)
+  log_k = jax.nn.log_softmax(syntactic_adjacency.astype(jnp.float32), axis=-1)
+  kl = jnp.sum(jnp.exp(log_k) * (log_k - log_p)) + jnp.sum(jnp.exp(log_p) * (log_p - log_k))
+  return jnp.log1p(5.0 / jnp.maximum(jnp.abs(kl / 2), 1e-12))
+
+
+def _as_arrays(batch: Mapping[str, Any]) -> Dict[str, Array]:
+  """jnp views of the batch, so that numpy arrays closed over by a jitted caller index
+  correctly with traced indices."""
+  return {key: jnp.asarray(value) for key, value in batch.items()}
+
+
+class D2E2SHead(nn.Module):
+  """D2E2S on top of any encoder's hidden states.
+
+  `apply(variables, hidden, batch, deterministic)` returns the training outputs;
+  `apply(variables, hidden, batch, method=D2E2SHead.predict)` decodes. `batch` holds the
+  arrays of WORKSPACE.md's batch contract (pairs only for training). Intermediate
+  features are sown into the "intermediates" collection for layer-by-layer parity checks.
+
+  Attributes:
+    config: the head configuration.
+  """
+
+  config: D2E2SConfig
+
+  def setup(self):
+    cfg = self.config
+    dtype = cfg.compute_dtype
+    self.lstm = BiLSTM(cfg.hidden_dim, cfg.lstm_layers, cfg.drop_out_rate, dtype)
+    self.lstm_dropout = nn.Dropout(cfg.drop_out_rate)
+    self.syn_gcn = SynGCN(cfg.hidden_size, cfg.gcn_layers, cfg.gcn_dropout, cfg.graph_implementation, dtype)
+    self.sem_gcn = SemGCN(cfg.hidden_size, cfg.attention_heads, cfg.gcn_layers, cfg.gcn_dropout,
+                          cfg.graph_implementation, dtype)
+    self.fusion = Fusion(cfg.hidden_size, dtype)
+    # torch.nn.Embedding's N(0, 1) initialisation.
+    self.size_embeddings = nn.Embed(cfg.num_size_embeddings, cfg.size_embedding, dtype=dtype,
+                                    param_dtype=jnp.float32, embedding_init=nn.initializers.normal(1.0))
+    self.entity_classifier = torch_like_dense(cfg.num_entity_types, dtype)
+    self.senti_classifier = torch_like_dense(cfg.num_sentiment_types, dtype)
+    self.prop_dropout = nn.Dropout(cfg.prop_drop)
+
+  def features(self, hidden: Array, batch: Mapping[str, Array], deterministic: bool) -> Tuple[Array, Array]:
+    """Steps 2-6 and 9: the [B, T, d] features the classifiers read, and the KL term."""
+    cfg = self.config
+    mask = batch["attention_mask"].astype(bool)
+    hidden = hidden.astype(cfg.compute_dtype)
+    edges = SyntacticEdges(batch["graph_senders"], batch["graph_receivers"], batch["graph_edge_mask"])
+    syntactic_adjacency = edges.dense(hidden.shape[1])
+
+    channel = self.lstm_dropout(self.lstm(hidden, mask, deterministic), deterministic=deterministic)
+    syntactic = self.syn_gcn(channel, edges, deterministic, adjacency=syntactic_adjacency)
+    semantic, _ = self.sem_gcn(channel, mask, deterministic)
+    # Only the attention graph of SemGCN(h) reaches any output (the KL term).
+    hidden_adjacency = self.sem_gcn.attention_adjacency(hidden, mask, deterministic)
+
+    fused = self.fusion(hidden, syntactic, semantic, mask)
+    features = self_attention_residual(fused, mask)
+
+    kl = kl_term(hidden_adjacency, syntactic_adjacency)
+    if not cfg.kl_differentiable:
+      kl = jax.lax.stop_gradient(kl)
+    for name, value in (("channel", channel), ("syntactic", syntactic), ("semantic", semantic),
+                        ("semantic_adjacency", hidden_adjacency), ("fused", fused), ("features", features)):
+      self.sow("intermediates", name, value)
+    return features, kl
+
+  def classify_spans(self, features: Array, batch: Mapping[str, Array],
+                     table: Array, deterministic: bool) -> Tuple[Array, Array, Array]:
+    """Step 7: ([B, S, 3] logits, [B, S, d] span pools, [B, S, e] size embeddings)."""
+    bounds = batch["span_token_bounds"]
+    pool = range_max(table, bounds[..., 0], bounds[..., 1])
+    pool = jnp.where(batch["span_mask"].astype(bool)[..., None], pool, 0)
+    sizes = self.size_embeddings(batch["span_sizes"])
+    context = jnp.broadcast_to(features[:, :1], pool.shape)
+    inputs = jnp.concatenate([context, pool, sizes.astype(pool.dtype)], axis=-1)
+    logits = self.entity_classifier(self.prop_dropout(inputs, deterministic=deterministic))
+    return logits, pool, sizes
+
+  def classify_pairs(self, table: Array, span_token_bounds: Array, pool: Array, sizes: Array,
+                     pair_indices: Array, deterministic: bool) -> Array:
+    """Step 8: [B, P, 4] sentiment logits of ordered (head, tail) pairs of candidates."""
+    rows = jnp.arange(pool.shape[0])[:, None]
+    head, tail = pair_indices[..., 0], pair_indices[..., 1]
+    head_bounds, tail_bounds = span_token_bounds[rows, head], span_token_bounds[rows, tail]
+    # The released context: positions strictly between the spans, empty when they touch
+    # or overlap (its create_senti_mask).
+    head_first = head_bounds[..., 1] < tail_bounds[..., 0]
+    start = jnp.where(head_first, head_bounds[..., 1], tail_bounds[..., 1])
+    end = jnp.where(head_first, tail_bounds[..., 0], head_bounds[..., 0])
+    between = jnp.where((end > start)[..., None], range_max(table, start, end), 0)
+    inputs = jnp.concatenate([between, pool[rows, head], pool[rows, tail],
+                              sizes[rows, head].astype(pool.dtype), sizes[rows, tail].astype(pool.dtype)], axis=-1)
+    return self.senti_classifier(self.prop_dropout(inputs, deterministic=deterministic))
+
+  def __call__(self, hidden: Array, batch: Mapping[str, Array], deterministic: bool = True) -> Dict[str, Array]:
+    """Training forward pass.
+
+    Args:
+      hidden: [B, T, d] encoder states.
+      batch: the batch-contract arrays, including `pair_indices`.
+      deterministic: disables dropout when True (needs a "dropout" rng otherwise).
+
+    Returns:
+      `span_logits` [B, S, 3], `pair_logits` [B, P, 4] and the scalar float32 `kl_term`.
+    """
+    batch = _as_arrays(batch)
+    features, kl = self.features(hidden, batch, deterministic)
+    table = range_max_table(features)
+    span_logits, pool, sizes = self.classify_spans(features, batch, table, deterministic)
+    pair_logits = self.classify_pairs(table, batch["span_token_bounds"], pool, sizes, batch["pair_indices"],
+                                      deterministic)
+    return {"span_logits": span_logits.astype(jnp.float32), "pair_logits": pair_logits.astype(jnp.float32),
+            "kl_term": kl}
+
+  def predict(self, hidden: Array, batch: Mapping[str, Array]) -> Dict[str, Array]:
+    """Deterministic decoding with static shapes (see decoding.decode for the outputs)."""
+    batch = _as_arrays(batch)
+    features, _ = self.features(hidden, batch, True)
+    table = range_max_table(features)
+    span_logits, pool, sizes = self.classify_spans(features, batch, table, True)
+    span_mask = batch["span_mask"].astype(bool)
+    if "example_mask" in batch:
+      span_mask = span_mask & batch["example_mask"].astype(bool)[:, None]
+    score_pairs = lambda pair_indices: self.classify_pairs(table, batch["span_token_bounds"], pool, sizes,
+                                                           pair_indices, True)
+    decoded = decoding.decode(span_logits, span_mask, score_pairs, self.config.max_decoded_spans,
+                              self.config.sen_filter_threshold)
+    decoded["span_logits"] = span_logits.astype(jnp.float32)
+    return decoded
+
+
+class D2E2S(nn.Module):
+  """DeBERTa-v2/v3 encoder (`encoder`) followed by `D2E2SHead` (`head`).
+
+  `apply(variables, batch, deterministic)` trains; `method=D2E2S.predict` decodes.
+
+  Attributes:
+    config: a `D2E2SConfig` whose `encoder` is set.
+  """
+
+  config: D2E2SConfig
+
+  def setup(self):
+    if self.config.encoder is None:
+      raise ValueError("D2E2S needs config.encoder (a DebertaV2Config); use D2E2SHead for the head alone")
+    from d2e2s_jax.models.deberta_v2 import DebertaV2Model  # the encoder module is optional for the head
+    self.encoder = DebertaV2Model(self.config.encoder, dtype=self.config.compute_dtype)
+    self.head = D2E2SHead(self.config)
+
+  def encode(self, batch: Mapping[str, Array], deterministic: bool) -> Array:
+    """[B, T, d] encoder states of `input_ids`."""
+    return self.encoder(batch["input_ids"], batch["attention_mask"], deterministic=deterministic)
+
+  def __call__(self, batch: Mapping[str, Array], deterministic: bool = True) -> Dict[str, Array]:
+    """Training outputs, as `D2E2SHead.__call__`."""
+    return self.head(self.encode(batch, deterministic), batch, deterministic)
+
+  def predict(self, batch: Mapping[str, Array]) -> Dict[str, Array]:
+    """Decoded outputs, as `D2E2SHead.predict`."""
+    return self.head.predict(self.encode(batch, True), batch)
+
+
+def import_released_state_dict(state_dict: Mapping[str, Any], config: D2E2SConfig):
+  """Converts a released PyTorch D2E2S state dict; see `released_import.import_released_state_dict`."""
+  from d2e2s_jax.models import released_import  # released_import imports this module
+  return released_import.import_released_state_dict(state_dict, config)
