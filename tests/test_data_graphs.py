@@ -94,6 +94,26 @@ def test_released_graph_matches_the_reference_algorithm(data):
                                 _released_reference(pieces, dependency, size))
 
 
+@hypothesis.settings(max_examples=80, deadline=None)
+@hypothesis.given(data=st.data())
+def test_port_graph_matches_its_definition(data):
+  pieces = data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=8))
+  heads = [data.draw(st.integers(0, len(pieces))) for _ in pieces]
+  starts = np.cumsum([1] + pieces[:-1])
+  bounds = np.stack([starts, starts + np.asarray(pieces)], axis=1)
+  size = sum(pieces) + 2
+  word_of = {position: word for word, (start, end) in enumerate(bounds) for position in range(start, end)}
+  expected = np.eye(size)
+  for first in word_of:
+    for second in word_of:
+      a, b = word_of[first], word_of[second]
+      if a == b or heads[a] == b + 1 or heads[b] == a + 1:
+        expected[first, second] = 1
+  edges = graphs.sentence_edges(bounds, heads, size)
+  np.testing.assert_array_equal(_dense(edges, size), expected)
+  assert len(edges[0]) == int(expected.sum())
+
+
 def _batch_edges():
   """Two sentences' port graphs padded to E edges, as batching lays them out."""
   staff = graphs.sentence_edges(STAFF_BOUNDS, staff_example().heads, 9)

@@ -54,8 +54,9 @@ class BatchConfig:
     neg_triple_count: negative pairs drawn per sentence in training, -1 = all.
     pad_token_id: the tokenizer's `pad_token_id`, used after `[SEP]`.
     token_buckets, span_buckets, pair_buckets, edge_buckets: allowed padded sizes of
-      T, S, P, E (ascending); None = the default 2^k / 3*2^(k-1) series. A size above
-      the largest bucket is rounded up to a multiple of it.
+      T, S, P, E (ascending; a size above the largest is rounded up to a multiple of
+      it). None: T from the 2^k / 3*2^(k-1) series from 16; S, P, E from the dataset's
+      `ShapePlan` (a function of T).
     released_graph: build the syntactic graph the released code's way.
     drop_remainder: drop the last partial training batch.
     shuffle: shuffle the training order each epoch.
