@@ -149,3 +149,11 @@ def test_bfloat16_first_moment_dtype():
   state = tx.init(params)
   dtypes = {leaf.dtype for leaf in jax.tree.leaves(state) if leaf.ndim > 0}
   assert jnp.dtype(jnp.bfloat16) in dtypes and jnp.dtype(jnp.float32) in dtypes
+
+
+def test_decay_mask_sees_through_logical_boxes():
+  import flax.linen as nn
+  boxed = {"dense": {"kernel": nn.LogicallyPartitioned(np.zeros((2, 2)), ("embed", "mlp")),
+                     "bias": nn.LogicallyPartitioned(np.zeros((2,)), ("mlp",))}}
+  mask = optim.decay_mask(boxed)
+  assert mask["dense"]["kernel"].value is True and mask["dense"]["bias"].value is False

@@ -83,7 +83,10 @@ def decay_mask(params: Any) -> Any:
   """
 
   def wants_decay(path, _):
-    name = str(getattr(path[-1], "key", path[-1]))
+    # The last dict key is the parameter's name; logically partitioned (boxed) trees add
+    # an attribute entry after it.
+    names = [entry.key for entry in path if isinstance(entry, jax.tree_util.DictKey)]
+    name = str(names[-1]) if names else ""
     return not ("bias" in name or name == "scale")
 
   return jax.tree_util.tree_map_with_path(wants_decay, params)

@@ -1,0 +1,404 @@
+"""Training and evaluation of D2E2S: `train_and_evaluate(config, workdir)`.
+
+Data flow of a run:
+
+1. `prepare_data`: the dataset (downloaded, given, or the synthetic demo set), the
+   tokenizer (pretrained, or SentencePiece trained on the training sentences for a
+   from-scratch encoder) and the sub-token encoding of every split.
+2. `build_model`: the D2E2S model config and, for a pretrained encoder, its weights.
+3. `create_train_state`: parameters and optimizer state initialised under `jax.jit` with
+   the shardings that the logical-axis rules give on the mesh (built abstractly first,
+   so nothing is materialised on one device).
+4. The loop: one jitted `train_step` (donated state, explicit shardings, dropout RNG
+   folded with the step), a jitted `predict_step` for evaluation on dev (and test) every
+   `eval_every` steps, Orbax checkpoints every `checkpoint_every` steps plus the best
+   by dev triplet F1, `metrics.jsonl`/TensorBoard logs, and `results.json` at the end.
+
+Resume is exact: batches are a pure function of (seed, epoch, position), the dropout RNG
+of step s is fold_in(seed key, s), and a restarted run takes the newest checkpoint,
+trims the logs written after it and replays the epoch from the same position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from d2e2s_jax import evaluation
+from d2e2s_jax import tokenization
+from d2e2s_jax.data import batching, download, encoding, readers, synthetic
+from d2e2s_jax.data.examples import DataError, Example
+from d2e2s_jax.models import d2e2s, decoding, losses
+from d2e2s_jax.models import deberta_v2, deberta_v2_convert
+from d2e2s_jax.models.deberta_v2_config import DebertaV2Config
+from d2e2s_jax.training import checkpoints, metrics_log, optim, sharding
+from d2e2s_jax.training.config import SCRATCH, TrainConfig
+
+SPLITS = ("train", "dev", "test")
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on (e.g. too many consecutive non-finite steps)."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes; checkpointed as is."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # uint32 key data of the run's base dropout key
+  consecutive_skips: jax.Array  # non-finite steps in a row, now
+  max_consecutive_skips: jax.Array  # the longest such run so far
+  total_skips: jax.Array
+
+
+@dataclasses.dataclass
+class Data:
+  """A run's dataset: examples and encodings per split, and the tokenizer."""
+
+  tokenizer: Any
+  examples: Dict[str, List[Example]]
+  encoded: Dict[str, List[encoding.EncodedExample]]
+  data_root: Optional[pathlib.Path]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_data(config: TrainConfig, workdir: pathlib.Path) -> Data:
+  """Reads (or generates) the splits, gets the tokenizer and encodes every sentence."""
+  if config.synthetic:
+    data_root = workdir / "data"
+    synthetic.write_synthetic_dataset(data_root / "aste" / config.dataset, seed=config.seed,
+                                      sizes=dict(zip(SPLITS, config.synthetic_sizes)))
+    split_paths = {split: data_root / "aste" / config.dataset / f"{split}_dep_triple_polarity_result.json"
+                   for split in SPLITS}
+  else:
+    data_root = download.ensure_dataset(config.data_dir, config.dataset,
+                                        os.path.expanduser(config.cache_dir))
+    split_paths = {split: readers.dataset_paths(data_root, config.dataset, split) for split in SPLITS}
+  examples = {split: readers.read_examples(path, "d2e2s") for split, path in split_paths.items()}
+  for split, items in examples.items():
+    if not items:
+      raise TrainingError(f"{split_paths[split]}: the {split} split has no sentences")
+
+  tokenizer = load_or_train_tokenizer(config, examples["train"], workdir / "tokenizer")
+  overflow = "truncate" if config.truncate_long else "error"
+  encoded = {}
+  for split, items in examples.items():
+    try:
+      encoded[split] = encoding.encode_examples(items, tokenizer, max_length=config.max_length,
+                                                on_overflow=overflow)
+    except DataError as e:
+      raise DataError(f"{split_paths[split]}: {e} (or pass --truncate_long)") from None
+  return Data(tokenizer=tokenizer, examples=examples, encoded=encoded, data_root=data_root)
+
+
+def load_or_train_tokenizer(config: TrainConfig, train_examples: Sequence[Example],
+                            scratch_dir: pathlib.Path) -> Any:
+  """The pretrained tokenizer, or (scratch encoder) SentencePiece trained on train text."""
+  if config.tokenizer:
+    return tokenization.load_tokenizer(config.tokenizer)
+  if config.encoder != SCRATCH:
+    return tokenization.load_tokenizer(config.encoder)
+  if not (scratch_dir / "spm.model").is_file():
+    tokenization.train_sentencepiece_tokenizer(
+        (" ".join(example.tokens) for example in train_examples), scratch_dir,
+        vocab_size=config.scratch_vocab_size)
+  return tokenization.load_tokenizer(scratch_dir)
+
+
+# -------------------------------------------------------------------------- model
+
+
+def build_model(config: TrainConfig, tokenizer: Any) -> Tuple[d2e2s.D2E2S, d2e2s.D2E2SConfig, Optional[Any]]:
+  """The model, its config and (for a pretrained encoder) the encoder's parameters."""
+  if config.encoder == SCRATCH:
+    encoder_config = config.scratch_encoder_config(len(tokenizer), int(tokenizer.pad_token_id))
+    pretrained = None
+  else:
+    # Read as numpy and placed shard by shard later: a 1.5B-parameter encoder never has to
+    # fit on one device (what `deberta_v2.load_pretrained` would do).
+    directory = deberta_v2.resolve_checkpoint_dir(config.encoder)
+    encoder_config = DebertaV2Config.from_hf(directory)
+    pretrained = deberta_v2_convert.hf_to_flax(deberta_v2_convert.read_state_dict(directory), encoder_config)
+  model_config = config.model_config(encoder_config)
+  return d2e2s.D2E2S(model_config), model_config, pretrained
+
+
+def _unbox(tree: Any) -> Any:
+  return nn.meta.unbox(tree)
+
+
+def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
+                       example_batch: Mapping[str, np.ndarray], seed: int,
+                       mesh: jax.sharding.Mesh) -> Tuple[TrainState, Any]:
+  """Initialises the state under jit with the logical-axis shardings; returns (state, shardings)."""
+  init_batch = {key: jnp.asarray(value) for key, value in example_batch.items()}
+
+  def init(rng):
+    params_rng, dropout_rng = jax.random.split(rng)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng}, init_batch, deterministic=True)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros([], jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        rng=jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)),
+        consecutive_skips=jnp.zeros([], jnp.int32),
+        max_consecutive_skips=jnp.zeros([], jnp.int32),
+        total_skips=jnp.zeros([], jnp.int32),
+    )
+
+  rng = jax.random.key(seed)
+  abstract = jax.eval_shape(init, rng)
+  state_shardings = sharding.logical_shardings(abstract, mesh)
+  with mesh:
+    state = jax.jit(lambda r: _unbox(init(r)), out_shardings=state_shardings)(rng)
+  return state, state_shardings
+
+
+def with_pretrained_encoder(state: TrainState, encoder_params: Any, shardings: TrainState) -> TrainState:
+  """Replaces the randomly initialised encoder with pretrained weights (same shardings)."""
+  if jax.tree.structure(state.params["encoder"]) != jax.tree.structure(encoder_params):
+    raise TrainingError("the pretrained encoder's parameters do not match the model's encoder")
+  placed = jax.tree.map(lambda value, target, s: jax.device_put(jnp.asarray(value, target.dtype), s),
+                        encoder_params, state.params["encoder"], shardings.params["encoder"])
+  return state.replace(params={**state.params, "encoder": placed})
+
+
+# ------------------------------------------------------------------------- steps
+
+
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    model_config: d2e2s.D2E2SConfig, accumulation_steps: int, mesh: jax.sharding.Mesh,
+                    state_shardings: Any):
+  """The jitted training step: loss, gradients, a finite-guarded optimizer update.
+
+  A step whose loss or gradients are not finite leaves parameters and optimizer state
+  unchanged and is counted (`consecutive_skips`, `total_skips`); the host stops the run
+  when a run of them gets too long.
+  """
+  traces = [0]
+
+  def train_step(state: TrainState, batch: Dict[str, jax.Array]):
+    traces[0] += 1
+    dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+    def loss_fn(params):
+      outputs = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": dropout_rng})
+      return losses.d2e2s_loss(outputs, batch, model_config.kl_weight)
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep_if = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    consecutive = jnp.where(finite, 0, state.consecutive_skips + 1)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep_if(new_params, state.params),
+        opt_state=keep_if(new_opt_state, state.opt_state),
+        consecutive_skips=consecutive,
+        max_consecutive_skips=jnp.maximum(state.max_consecutive_skips, consecutive),
+        total_skips=state.total_skips + (~finite).astype(jnp.int32),
+    )
+    applied_updates = (state.step - state.total_skips) // accumulation_steps
+    metrics = {
+        "loss": loss,
+        "entity_loss": parts["entity"],
+        "sentiment_loss": parts["sentiment"],
+        "kl_term": parts["kl_term"],
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": schedule(applied_updates),
+        "skipped": ~finite,
+        "total_skips": new_state.total_skips,
+        "max_consecutive_skips": new_state.max_consecutive_skips,
+    }
+    return new_state, metrics
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  jitted.trace_count = lambda: traces[0]
+  return jitted
+
+
+def make_predict_step(model: nn.Module, mesh: jax.sharding.Mesh, param_shardings: Any):
+  """The jitted evaluation step: forward pass and static-shape decoding."""
+  traces = [0]
+
+  def predict_step(params, batch):
+    traces[0] += 1
+    return model.apply({"params": params}, batch, method=type(model).predict)
+
+  jitted = jax.jit(predict_step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=sharding.replicated(mesh))
+  jitted.trace_count = lambda: traces[0]
+  return jitted
+
+
+def predict_examples(predict_step, params: Any, encoded: Sequence[encoding.EncodedExample],
+                     batch_config: batching.BatchConfig, mesh: jax.sharding.Mesh):
+  """Decoded (triplets, aspect spans, opinion spans) for every encoded sentence, in order."""
+  results: List[Optional[Tuple[set, set, set]]] = [None] * len(encoded)
+  for batch in batching.eval_batches(encoded, batch_config):
+    device_batch = sharding.shard_batch(batch, mesh)
+    decoded = jax.device_get(predict_step(params, device_batch))
+    triplet_sets = decoding.decoded_triplets(decoded, batch["span_word_bounds"])
+    terms = decoding.decoded_terms(decoded, batch["span_mask"], batch["span_word_bounds"])
+    for row in np.nonzero(batch["example_mask"])[0]:
+      results[int(batch["example_index"][row])] = (triplet_sets[row], *terms[row])
+  return results
+
+
+def evaluate(predict_step, params: Any, examples: Sequence[Example],
+             encoded: Sequence[encoding.EncodedExample], batch_config: batching.BatchConfig,
+             mesh: jax.sharding.Mesh) -> Dict[str, Dict[str, float]]:
+  """Triplet, aspect and opinion scores on a full split (gold: the untruncated examples)."""
+  scorer = evaluation.TripletScorer()
+  for example, (triplets, aspects, opinions) in zip(
+      examples, predict_examples(predict_step, params, encoded, batch_config, mesh)):
+    scorer.add(example.triplets, triplets, predicted_aspects=aspects, predicted_opinions=opinions)
+  return evaluation.scores_as_dict(scorer.result())
+
+
+# -------------------------------------------------------------------------- loop
+
+
+def _write_json_atomic(path: pathlib.Path, value: Any) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+  tmp.replace(path)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step",
+              dynamic_ncols=True)
+
+
+def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, Any]:
+  """Trains, evaluates and checkpoints one run; returns (and writes) `results.json`."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = sharding.make_mesh(config.mesh)
+  data = prepare_data(config, workdir)
+  model, model_config, pretrained = build_model(config, data.tokenizer)
+  train_batch_config = config.batch_config(data.tokenizer, training=True)
+  eval_batch_config = config.batch_config(data.tokenizer, training=False)
+
+  steps_per_epoch = len(data.encoded["train"]) // config.batch_size
+  if steps_per_epoch == 0:
+    raise TrainingError(f"the training split has {len(data.encoded['train'])} sentences, fewer than one "
+                        f"batch of {config.batch_size}")
+  total_steps = config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch
+  eval_every = config.eval_every or steps_per_epoch
+  checkpoint_every = config.checkpoint_every or steps_per_epoch
+  optimizer_config = config.optimizer_config()
+  updates = math.ceil(total_steps / optimizer_config.gradient_accumulation_steps)
+  optimizer = optim.make_optimizer(optimizer_config, updates)
+  schedule = optim.learning_rate_schedule(optimizer_config, updates)
+
+  first_batch = next(batching.train_batches(data.encoded["train"], train_batch_config, 0, config.seed))
+  state, state_shardings = create_train_state(model, optimizer, first_batch, config.seed, mesh)
+  if pretrained is not None:
+    state = with_pretrained_encoder(state, pretrained, state_shardings)
+
+  ckpts = checkpoints.Checkpoints(workdir)
+  ckpts.save_config(config.to_json(), data.tokenizer)
+  restored = ckpts.restore_latest(checkpoints.abstract_like(state))
+  best: Optional[Dict[str, Any]] = None
+  if restored is not None:
+    state, meta = restored
+    best = meta.get("best")
+    logging.info("resuming from step %d", int(state.step))
+  start_step = int(state.step)
+  log = metrics_log.MetricsLog(workdir, resume_step=start_step if restored is not None else None)
+
+  train_step = make_train_step(model, optimizer, schedule, model_config,
+                               optimizer_config.gradient_accumulation_steps, mesh, state_shardings)
+  predict_step = make_predict_step(model, mesh, state_shardings.params)
+
+  def run_eval(step: int) -> None:
+    nonlocal best
+    scores = {"dev": evaluate(predict_step, state.params, data.examples["dev"], data.encoded["dev"],
+                              eval_batch_config, mesh)}
+    if config.evaluate_test:
+      scores["test"] = evaluate(predict_step, state.params, data.examples["test"], data.encoded["test"],
+                                eval_batch_config, mesh)
+    for split, split_scores in scores.items():
+      log.write(step, split, split_scores)
+    dev_f1 = scores["dev"]["triplet"]["f1"]
+    if best is None or dev_f1 > best["dev"]["triplet"]["f1"]:
+      best = {"step": step, **scores}
+      ckpts.save_best(step, state, {"best": best}, dev_f1)
+
+  step = start_step
+  progress = _progress(total_steps, start_step, config.progress_bar)
+  last_time, last_step = time.time(), step
+  try:
+    while step < total_steps:
+      epoch, offset = divmod(step, steps_per_epoch)
+      epoch_batches = batching.train_batches(data.encoded["train"], train_batch_config, epoch, config.seed)
+      for batch in itertools.islice(epoch_batches, offset, steps_per_epoch):
+        state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
+        step += 1
+        progress.update(1)
+        if step % config.log_every == 0 or step == total_steps:
+          values = {k: v.item() for k, v in jax.device_get(metrics).items()}
+          now = time.time()
+          rate = (step - last_step) / max(now - last_time, 1e-9)
+          last_time, last_step = now, step
+          log.write(step, "train", {"loss": values["loss"], "learning_rate": values["learning_rate"],
+                                    "entity_loss": values["entity_loss"],
+                                    "sentiment_loss": values["sentiment_loss"], "kl_term": values["kl_term"],
+                                    "grad_norm": values["grad_norm"], "skipped_steps": values["total_skips"]})
+          progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['learning_rate']:.2e}",
+                               steps_per_s=f"{rate:.2f}")
+          if values["max_consecutive_skips"] >= config.max_consecutive_skips:
+            raise TrainingError(
+                f"stopping at step {step}: {values['max_consecutive_skips']} consecutive steps had a non-finite "
+                f"loss or gradient (limit --max_consecutive_skips={config.max_consecutive_skips}); lower --lr or "
+                f"check the data. The last checkpoint is in {ckpts.directory}")
+        if step % eval_every == 0 or step == total_steps:
+          run_eval(step)
+        if step % checkpoint_every == 0 or step == total_steps:
+          ckpts.save_latest(step, state, {"best": best, "epoch": epoch})
+        if step >= total_steps:
+          break
+  finally:
+    progress.close()
+    ckpts.wait()
+    ckpts.close()
+    log.close()
+
+  results = {
+      "best_step": best["step"],
+      "dev": best["dev"],
+      "test": best.get("test"),
+      "total_steps": total_steps,
+      "steps_per_epoch": steps_per_epoch,
+      "train_step_compilations": train_step.trace_count(),
+      "predict_step_compilations": predict_step.trace_count(),
+  }
+  _write_json_atomic(workdir / "results.json", results)
+  metrics_log.plot_curves(metrics_log.read_metrics(log.path), workdir / "curves.png")
+  return results
