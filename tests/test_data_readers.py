@@ -191,3 +191,36 @@ def test_validate_heads_rejects_cycles_and_out_of_range():
     parses.validate_heads((2, 1), "f")
   with pytest.raises(DataError, match="word 1 has head 3"):
     parses.validate_heads((3, 0), "f")
+
+
+class _FixedParser:
+  """A stand-in spaCy pipeline that returns preset parses (no model download needed)."""
+
+  def __init__(self, parses):
+    import spacy  # pylint: disable=import-outside-toplevel
+    self.vocab = spacy.blank("en").vocab
+    self.parses = parses
+
+  def __call__(self, doc):
+    from spacy.tokens import Doc  # pylint: disable=import-outside-toplevel
+    words = [token.text for token in doc]
+    heads, deps, tags = self.parses[tuple(words)]
+    return Doc(self.vocab, words=words, heads=heads, deps=deps, tags=tags)
+
+
+def test_parse_with_spacy_writes_the_d2e2s_layout(tmp_path):
+  words = ("the", "food", "is", "good", ".", "", "!")
+  placeholder_words = ("the", "food", "is", "good", ".", "_", "!")
+  # Two sentences: "the food is good ." and "_ !" (0-based absolute heads, as spaCy).
+  nlp = _FixedParser({placeholder_words: ([1, 3, 3, 3, 3, 5, 5], ["det", "nsubj", "cop", "ROOT", "punct", "ROOT",
+                                                                    "punct"], ["DT", "NN", "VBZ", "JJ", ".", "X", "."])})
+  example = Example(id="raw:1", tokens=words, triplets=(Triplet((1, 2), (3, 4), "POSITIVE"),))
+  (parsed,) = parses.parse_with_spacy([example], nlp)
+  assert parsed.dependency == (("ROOT", 0, 4), ("det", 2, 1), ("nsubj", 4, 2), ("cop", 4, 3), ("punct", 4, 5),
+                               ("ROOT", 0, 1), ("punct", 1, 2))
+  assert parsed.heads == (2, 4, 4, 0, 4, 0, 6)
+  assert parsed.relations == ("det", "nsubj", "cop", "ROOT", "punct", "ROOT", "punct")
+  assert parsed.pos_tags == ("DT", "NN", "VBZ", "JJ", ".", "X", ".") and parsed.parse_words == words
+  assert parsed.triplets == example.triplets and parsed.id == example.id
+  writers.write_examples([parsed], tmp_path / "parsed.json", "d2e2s")
+  assert readers.read_examples(tmp_path / "parsed.json") == [parsed]

@@ -15,16 +15,19 @@ part's entries restart at index 1 after a second ROOT entry. This module
   outside the token, and tokens the parse does not cover hang from ROOT (no edge).
   The released code does no such alignment: it indexes its sub-token matrix with the
   parse's indices as if they were token indices (`graphs.released_edges` reproduces
-  that).
+  that);
+* parses examples that have no parse (the raw ASTE-V2 files) with a spaCy pipeline
+  (`parse_with_spacy`), writing the result in the D2E2S layout.
 """
 
 from __future__ import annotations
 
 import collections
 import difflib
-from typing import List, Optional, Sequence, Tuple
+import dataclasses
+from typing import Any, List, Optional, Sequence, Tuple
 
-from d2e2s_jax.data.examples import UNPARSED_RELATION, DataError, DependencyEntry
+from d2e2s_jax.data.examples import UNPARSED_RELATION, DataError, DependencyEntry, Example
 
 
 def global_dependency(dependency: Sequence[DependencyEntry]) -> List[DependencyEntry]:
@@ -161,7 +164,10 @@ def word_level_parse(tokens: Sequence[str], parse_words: Sequence[str],
   renumbered = global_dependency(dependency)
   head_of = {dependent: head for _, head, dependent in renumbered}
   relation_of = {dependent: relation for relation, _, dependent in renumbered}
-  token_of = align_words(tokens, parse_words)  # parse word (0-based) -> token or None
+  if tuple(parse_words) == tuple(tokens):
+    token_of = list(range(len(tokens)))  # no alignment needed (and empty words stay put)
+  else:
+    token_of = align_words(tokens, parse_words)  # parse word (0-based) -> token or None
   heads = [0] * len(tokens)
   relations = [UNPARSED_RELATION] * len(tokens)
   assigned = [False] * len(tokens)
@@ -194,3 +200,55 @@ def _break_cycles(heads: List[int], relations: List[str]) -> None:
     if word != 0:
       heads[word - 1] = 0
       relations[word - 1] = UNPARSED_RELATION
+
+
+# spaCy refuses empty words; such a word is parsed as this placeholder.
+_EMPTY_WORD_PLACEHOLDER = "_"
+
+
+def parse_with_spacy(examples: Sequence[Example], nlp: Any) -> List[Example]:
+  """Adds a dependency parse to examples with a spaCy pipeline that has a parser.
+
+  The words are kept as they are (a pre-tokenized `spacy.tokens.Doc` goes through the
+  pipeline), so the parse indexes `tokens` directly. The parse is stored as the D2E2S
+  files store theirs: per sentence spaCy found, its ROOT entry first, then the other
+  words in order, with indices restarting at 1 in each sentence.
+
+  Args:
+    examples: the examples (any existing parse is replaced).
+    nlp: a loaded spaCy pipeline, e.g. `spacy.load("en_core_web_sm")` (not a project
+      dependency: the caller installs and loads a model).
+
+  Returns:
+    New examples with `heads`, `relations`, `pos_tags`, `dependency` and `parse_words`.
+
+  Raises:
+    DataError: the pipeline returned a parse that is not one tree per sentence.
+  """
+  from spacy.tokens import Doc  # pylint: disable=g-import-not-at-top  # slow import, only needed here
+
+  parsed = []
+  for example in examples:
+    words = [token if token.strip() else _EMPTY_WORD_PLACEHOLDER for token in example.tokens]
+    doc = nlp(Doc(nlp.vocab, words=words))
+    where = f"example {example.id}"
+    if len(doc) != len(words):
+      raise DataError(f"{where}: the spaCy pipeline changed the tokenization ({len(words)} -> {len(doc)} words)")
+    entries = []
+    for sentence in doc.sents:
+      roots = [token for token in sentence if token.head.i == token.i]
+      if len(roots) != 1:
+        raise DataError(f"{where}: spaCy sentence at word {sentence.start} has {len(roots)} roots")
+      entries.append(("ROOT", 0, roots[0].i - sentence.start + 1))
+      for token in sentence:
+        if token.head.i == token.i:
+          continue
+        if not sentence.start <= token.head.i < sentence.end:
+          raise DataError(f"{where}: word {token.i} has its head outside its spaCy sentence")
+        entries.append((token.dep_ or "dep", token.head.i - sentence.start + 1, token.i - sentence.start + 1))
+    dependency = validate_dependency([list(entry) for entry in entries], len(words), where)
+    heads, relations = word_level_parse(example.tokens, example.tokens, dependency)
+    parsed.append(dataclasses.replace(example, heads=heads, relations=relations, dependency=dependency,
+                                      parse_words=tuple(example.tokens),
+                                      pos_tags=tuple(token.tag_ or token.pos_ or "X" for token in doc)))
+  return parsed
