@@ -38,6 +38,8 @@ import jax.numpy as jnp
 from d2e2s_jax.models import decoding
 from d2e2s_jax.models.gcn import SemGCN, SynGCN, SyntacticEdges, IMPLEMENTATIONS, torch_like_dense
 from d2e2s_jax.models.lstm import BiLSTM
+# Re-exported: the public name of the released-checkpoint import.
+from d2e2s_jax.models.released_import import ReleasedImportError, import_released_state_dict  # noqa: F401
 
 Array = jax.Array
 
@@ -364,9 +366,3 @@ class D2E2S(nn.Module):
   def predict(self, batch: Mapping[str, Array]) -> Dict[str, Array]:
     """Decoded outputs, as `D2E2SHead.predict`."""
     return self.head.predict(self.encode(batch, True), batch)
-
-
-def import_released_state_dict(state_dict: Mapping[str, Any], config: D2E2SConfig):
-  """Converts a released PyTorch D2E2S state dict; see `released_import.import_released_state_dict`."""
-  from d2e2s_jax.models import released_import  # released_import imports this module
-  return released_import.import_released_state_dict(state_dict, config)
