@@ -107,6 +107,7 @@ JSON_ERRORS = [
     ("cycle", [_record(dependency=[["root", 0, 4], ["det", 2, 1], ["nsubj", 3, 2], ["cop", 2, 3]])], r"form a cycle"),
     ("bad entry", [_record(dependency=[["root", 0, "4"]])], r"dependency entry 0 is"),
     ("bad pos", [_record(pos=[["the"]])], r"'pos' must be"),
+    ("bad id", [_record(orig_id=["s0"])], r"record 0: 'orig_id' must be a non-empty string or an integer"),
 ]
 
 
@@ -165,9 +166,10 @@ def test_skip_invalid_counts_and_returns_the_errors(tmp_path):
 
 def test_json_record_without_parse_or_id(tmp_path):
   path = tmp_path / "plain.json"
-  path.write_text(json.dumps([_record(pos=None, dependency=None, orig_id=None)]))
-  (example,) = readers.read_examples(path)
+  path.write_text(json.dumps([_record(pos=None, dependency=None, orig_id=None), _record(orig_id=17)]))
+  example, numbered = readers.read_examples(path)
   assert example.id == "plain:0" and not example.has_parse and example.pos_tags is None
+  assert numbered.id == "17" and numbered.has_parse
 
 
 def test_parse_alignment_handles_split_dropped_and_restarted_words():

@@ -160,8 +160,10 @@ def _parse_json_record(record: object, where: str, default_id: str) -> Example:
                         f"{entity_types[entity_index]!r}, expected {expected_type!r}")
     triplets.append(Triplet(entity_spans[sentiment["head"]], entity_spans[sentiment["tail"]], sentiment["type"]))
   example_id = record.get("orig_id", default_id)
+  if type(example_id) is int:  # some ASTE exports number their sentences
+    example_id = str(example_id)
   if not isinstance(example_id, str) or not example_id:
-    raise DataError(f"{where}: 'orig_id' must be a non-empty string")
+    raise DataError(f"{where}: 'orig_id' must be a non-empty string or an integer")
   pos_tags = parse_words = None
   if record.get("pos") is not None:
     pos = record["pos"]
