@@ -165,7 +165,7 @@ def test_bfloat16_compute_stays_close_to_float32():
   assert masked_max_diff(half, np.asarray(full), mask) < 0.1
 
 
-@pytest.mark.parametrize("policy", ["full", "dots_no_batch"])
+@pytest.mark.parametrize("policy", ["full"])
 def test_remat_gives_same_outputs_and_gradients(policy):
   config = make_config("xxlarge")
   ids, mask, _ = padded_batch(config)
