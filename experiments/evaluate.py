@@ -32,11 +32,8 @@ def main(argv: Sequence[str]) -> None:
     predicted = read_examples(_PREDICTIONS.value, format="d2e2s")
     scores = evaluation.score(gold, predicted, gold_source=_GOLD.value, predicted_source=_PREDICTIONS.value)
   except DataError as error:
+    # The reader reports a missing or unreadable file as a DataError naming it, too.
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
-  except OSError as error:
-    # A missing or unreadable file: the reader's OSError already names the path.
-    print(f"error: cannot read {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
     sys.exit(1)
   print(json.dumps(evaluation.scores_as_dict(scores), indent=2))
 

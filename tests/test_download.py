@@ -158,7 +158,7 @@ def test_ensure_dataset_names_missing_files_of_a_given_folder(tmp_path):
   (data_dir / "aste" / download.split_file("15res", "dev")).unlink()
   with pytest.raises(FileNotFoundError, match=r"given: missing aste/15res/dev_dep_triple_polarity_result.json"):
     download.ensure_dataset(data_dir, "15res", tmp_path / "cache")
-  with pytest.raises(FileNotFoundError, match="missing aste/16res/train_dep_triple_polarity_result.json, aste/16res/dev"):
+  with pytest.raises(FileNotFoundError, match="missing aste/16res/train_dep_triple_polarity_result.json, aste/16res/"):
     download.ensure_dataset(data_dir, "16res", tmp_path / "cache")
 
 

@@ -32,8 +32,8 @@ def _file_bytes(directory: pathlib.Path):
 def test_writes_the_d2e2s_files_with_the_requested_sizes(written):
   directory, splits = written
   assert sorted(path.name for path in directory.iterdir()) == [
-      "dev_dep_triple_polarity_result.json", "test_dep_triple_polarity_result.json", "train_dep_triple_polarity_result.json",
-      "types.json"]
+      "dev_dep_triple_polarity_result.json", "test_dep_triple_polarity_result.json",
+      "train_dep_triple_polarity_result.json", "types.json"]
   assert {split: len(examples) for split, examples in splits.items()} == synthetic.DEFAULT_SIZES
 
 
@@ -47,7 +47,8 @@ def test_same_seed_gives_identical_files_even_in_another_process(written, tmp_pa
   assert _file_bytes(tmp_path / "again") == _file_bytes(directory)
   synthetic.write_synthetic_dataset(tmp_path / "other", seed=4)
   other = _file_bytes(tmp_path / "other")
-  assert other["train_dep_triple_polarity_result.json"] != _file_bytes(directory)["train_dep_triple_polarity_result.json"]
+  train_file = "train_dep_triple_polarity_result.json"
+  assert other[train_file] != _file_bytes(directory)[train_file]
 
 
 def test_every_record_reads_back_valid_and_unchanged(written):
