@@ -25,7 +25,7 @@ def test_parse_mesh_spec(spec, expected):
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("data:3", "needs 3 devices"),
+    ("data:16", "needs 16 devices"),
     ("model:8", "AXIS in"),
     ("data:four", "not an integer"),
     ("data:-1,fsdp:-1", "at most one axis"),
@@ -35,6 +35,11 @@ def test_parse_mesh_spec(spec, expected):
 def test_parse_mesh_spec_errors(spec, message):
   with pytest.raises(ValueError, match=message):
     sharding.parse_mesh_spec(spec, 8)
+
+
+def test_smaller_mesh_uses_the_first_devices():
+  mesh = sharding.make_mesh("data:2")
+  assert mesh.devices.size == 2 and list(mesh.devices.flat) == jax.devices()[:2]
 
 
 class _Tiny(nn.Module):

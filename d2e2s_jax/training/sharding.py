@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
+from absl import logging
 import flax.linen as nn
 import jax
 import numpy as np
@@ -45,7 +46,8 @@ def parse_mesh_spec(spec: Optional[str], num_devices: int) -> dict:
   """Parses "data:4,fsdp:2" into {"data": 4, "fsdp": 2, "tensor": 1}.
 
   An empty spec puts every device on `data`. One axis may be given as -1 to take the
-  remaining devices.
+  remaining devices. A mesh smaller than `num_devices` is allowed (it runs on the first
+  devices, e.g. "data:1" for one device); a larger one is an error.
   """
   if not spec:
     return {"data": num_devices, "fsdp": 1, "tensor": 1}
@@ -71,7 +73,7 @@ def parse_mesh_spec(spec: Optional[str], num_devices: int) -> dict:
     sizes[free[0]] = num_devices // known
   for name in MESH_AXES:
     sizes.setdefault(name, 1)
-  if math.prod(sizes.values()) != num_devices:
+  if math.prod(sizes.values()) > num_devices:
     raise ValueError(f"--mesh={spec!r} needs {math.prod(sizes.values())} devices, "
                      f"but {num_devices} are available")
   return {name: sizes[name] for name in MESH_AXES}
@@ -86,6 +88,9 @@ def make_mesh(spec: Optional[str] = None, devices: Optional[Sequence[jax.Device]
   devices = list(jax.devices() if devices is None else devices)
   sizes = parse_mesh_spec(spec, len(devices))
   shape = tuple(sizes[name] for name in MESH_AXES)
+  if math.prod(shape) < len(devices):
+    logging.warning("--mesh=%s uses %d of the %d devices", spec, math.prod(shape), len(devices))
+    devices = devices[:math.prod(shape)]
   device_array = np.asarray(devices).reshape(shape)
   return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 

@@ -402,3 +402,33 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
   _write_json_atomic(workdir / "results.json", results)
   metrics_log.plot_curves(metrics_log.read_metrics(log.path), workdir / "curves.png")
   return results
+
+
+def train_seeds(config: TrainConfig, workdir: os.PathLike, seeds: Sequence[int]) -> Dict[str, Any]:
+  """One run per seed under `workdir/seed_<n>`, then the mean and standard deviation.
+
+  Writes `seeds.json` (per-seed results and the summary) and `seeds.md` (a table of the
+  triplet precision/recall/F1 on dev and test at each run's best dev step; standard
+  deviation with ddof=1).
+  """
+  workdir = pathlib.Path(workdir)
+  runs = {int(seed): train_and_evaluate(config.replace(seed=int(seed)), workdir / f"seed_{seed}")
+          for seed in seeds}
+  summary: Dict[str, Dict[str, Dict[str, float]]] = {}
+  for split in ("dev", "test"):
+    if any(run.get(split) is None for run in runs.values()):
+      continue
+    summary[split] = {}
+    for metric in ("precision", "recall", "f1"):
+      values = np.asarray([run[split]["triplet"][metric] for run in runs.values()])
+      summary[split][metric] = {"mean": float(values.mean()),
+                                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+  lines = [f"Triplet scores over seeds {', '.join(str(s) for s in runs)} (mean ± std, %)", "",
+           "| split | precision | recall | F1 |", "|---|---|---|---|"]
+  for split, metrics in summary.items():
+    cells = [f"{metrics[m]['mean']:.2f} ± {metrics[m]['std']:.2f}" for m in ("precision", "recall", "f1")]
+    lines.append(f"| {split} | " + " | ".join(cells) + " |")
+  markdown = "\n".join(lines) + "\n"
+  _write_json_atomic(workdir / "seeds.json", {"runs": {str(k): v for k, v in runs.items()}, "summary": summary})
+  (workdir / "seeds.md").write_text(markdown)
+  return {"runs": runs, "summary": summary, "markdown": markdown}

@@ -1,0 +1,163 @@
+"""train_and_evaluate end to end on a tiny synthetic dataset: outputs, traces, sharding, resume."""
+
+import itertools
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from d2e2s_jax.data import batching
+from d2e2s_jax.training import config as config_lib
+from d2e2s_jax.training import optim, sharding, trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+TINY = dict(synthetic=True, synthetic_sizes=(32, 8, 8), dataset="synthetic", encoder="scratch",
+            scratch_hidden_size=16, scratch_layers=2, scratch_heads=2, scratch_intermediate_size=32,
+            scratch_vocab_size=200, scratch_position_buckets=16, attention_heads=2, max_length=128,
+            lr=1e-3, batch_size=8, eval_batch_size=8, epochs=1, log_every=1, progress_bar=False,
+            max_decoded_spans=8)
+
+
+def _train_shapes(data, config, steps):
+  batch_config = config.batch_config(data.tokenizer, training=True)
+  steps_per_epoch = len(data.encoded["train"]) // config.batch_size
+  shapes = set()
+  for step in range(steps):
+    epoch, offset = divmod(step, steps_per_epoch)
+    batch = next(itertools.islice(
+        batching.train_batches(data.encoded["train"], batch_config, epoch, config.seed), offset, None))
+    shapes.add(tuple(sorted((k, v.shape) for k, v in batch.items())))
+  return shapes
+
+
+def test_train_and_evaluate_writes_every_output(tmp_path):
+  config = config_lib.TrainConfig(**TINY, max_steps=6, eval_every=3, checkpoint_every=3)
+  results = trainer.train_and_evaluate(config, tmp_path)
+
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in records if r["split"] == "train"]
+  assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+  assert all(np.isfinite(r["loss"]) and r["learning_rate"] >= 0 for r in train)
+  assert [r["step"] for r in records if r["split"] == "dev"] == [3, 6]
+  assert [r["step"] for r in records if r["split"] == "test"] == [3, 6]
+  for key in ("triplet", "aspect", "opinion"):
+    assert set(records[-1][key]) == {"precision", "recall", "f1", "gold", "predicted", "correct"}
+
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  assert on_disk == json.loads(json.dumps(results))
+  assert on_disk["best_step"] in (3, 6)
+  assert on_disk["test"]["triplet"]["gold"] > 0
+  assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+  assert list((tmp_path / "tensorboard").iterdir())
+  assert (tmp_path / "checkpoints" / "config.json").is_file()
+  assert (tmp_path / "checkpoints" / "tokenizer").is_dir()
+  assert sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()) == ["3", "6"]
+
+  # One compilation of the train step per distinct batch shape, none more.
+  data = trainer.prepare_data(config, tmp_path)
+  assert results["train_step_compilations"] == len(_train_shapes(data, config, 6))
+
+
+def _first_losses(config, data, mesh_spec, steps=3):
+  mesh = sharding.make_mesh(mesh_spec)
+  model, model_config, _ = trainer.build_model(config, data.tokenizer)
+  batch_config = config.batch_config(data.tokenizer, training=True)
+  batches = list(itertools.islice(batching.train_batches(data.encoded["train"], batch_config, 0, 0), steps))
+  optimizer_config = config.optimizer_config()
+  optimizer = optim.make_optimizer(optimizer_config, 10)
+  state, shardings = trainer.create_train_state(model, optimizer, batches[0], 0, mesh)
+  step_fn = trainer.make_train_step(model, optimizer, optim.learning_rate_schedule(optimizer_config, 10),
+                                    model_config, 1, mesh, shardings)
+  losses = []
+  for batch in batches:
+    state, metrics = step_fn(state, sharding.shard_batch(batch, mesh))
+    losses.append(float(metrics["loss"]))
+  return losses, state
+
+
+def test_sharded_training_matches_one_device(tmp_path):
+  assert len(jax.devices()) == 8
+  config = config_lib.TrainConfig(**TINY)
+  data = trainer.prepare_data(config, tmp_path)
+  single, _ = _first_losses(config, data, "data:1")
+  sharded, state = _first_losses(config, data, "data:4,fsdp:2")
+  np.testing.assert_allclose(sharded, single, rtol=1e-5)
+  # The encoder's embed axis really is split over fsdp.
+  specs = {str(leaf.sharding.spec) for leaf in jax.tree.leaves(state.params["encoder"])}
+  assert any("fsdp" in spec for spec in specs), specs
+  word_embeddings = jax.tree.leaves(state.params["encoder"])[0]
+  assert len(word_embeddings.sharding.device_set) == 8
+
+
+def _train_command(workdir, flagfile):
+  return [sys.executable, "-m", "experiments.train", f"--flagfile={flagfile}", f"--workdir={workdir}"]
+
+
+def _write_flagfile(path, **overrides):
+  values = {**TINY, **overrides}
+  lines = []
+  for key, value in values.items():
+    if isinstance(value, bool):
+      lines.append(f"--{key}" if value else f"--no{key}")
+    elif isinstance(value, tuple):
+      lines.append(f"--{key}={','.join(str(v) for v in value)}")
+    else:
+      lines.append(f"--{key}={value}")
+  path.write_text("\n".join(lines) + "\n")
+  return path
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_exact(tmp_path):
+  flagfile = _write_flagfile(tmp_path / "run.flags", max_steps=8, checkpoint_every=2, eval_every=4)
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+  subprocess.run(_train_command(tmp_path / "full", flagfile), check=True, cwd=REPO, env=env,
+                 capture_output=True)
+
+  resumed = tmp_path / "resumed"
+  process = subprocess.Popen(_train_command(resumed, flagfile), cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while not (resumed / "checkpoints" / "latest" / "4").is_dir():
+    assert process.poll() is None, "the run ended before its step-4 checkpoint"
+    assert time.time() < deadline
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (resumed / "results.json").exists()
+  subprocess.run(_train_command(resumed, flagfile), check=True, cwd=REPO, env=env, capture_output=True)
+
+  full_records = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+  resumed_records = (resumed / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(r) for r in resumed_records] == [json.loads(r) for r in full_records]
+  full_results = json.loads((tmp_path / "full" / "results.json").read_text())
+  resumed_results = json.loads((resumed / "results.json").read_text())
+  for key in ("best_step", "dev", "test"):
+    assert resumed_results[key] == full_results[key]
+
+
+def test_entry_point_reports_bad_data_in_one_line(tmp_path):
+  data_root = tmp_path / "data"
+  split_dir = data_root / "aste" / "14res"
+  split_dir.mkdir(parents=True)
+  for split in ("train", "dev", "test"):
+    (split_dir / f"{split}_dep_triple_polarity_result.json").write_text(
+        json.dumps([{"tokens": ["good", "food"], "entities": [{"type": "target", "start": 1, "end": 5}],
+                     "sentiments": [], "pos": [], "dependency": [], "orig_id": "x"}]))
+  (data_root / "aste" / "types.json").write_text("{}")
+  flagfile = _write_flagfile(tmp_path / "bad.flags", synthetic=False, dataset="14res",
+                             data_dir=str(data_root))
+  result = subprocess.run(_train_command(tmp_path / "run", flagfile), cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 1
+  error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(error_lines) == 1, result.stderr
+  assert "train_dep_triple_polarity_result.json" in error_lines[0] and "record 0" in error_lines[0]
