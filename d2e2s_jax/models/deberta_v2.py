@@ -171,6 +171,10 @@ class DebertaV2Embeddings(nn.Module):
     embeddings = words
     if cfg.position_biased_input:
       if position_ids is None:
+        if input_ids.shape[-1] > cfg.max_position_embeddings:
+          # Out-of-range rows would read as NaN under jit; PyTorch raises an IndexError.
+          raise ValueError(f"input length {input_ids.shape[-1]} exceeds max_position_embeddings "
+                           f"{cfg.max_position_embeddings} of a model with absolute positions")
         position_ids = jnp.arange(input_ids.shape[-1])[None, :]
       embeddings = embeddings + embed(cfg.max_position_embeddings, width, ("positions", width_axis),
                                       name="position_embeddings")(position_ids)
@@ -382,6 +386,11 @@ class DebertaV2Encoder(nn.Module):
       rel_embeddings = table(jnp.arange(first_row, first_row + row_count))
       if "layer_norm" in cfg.norm_rel_ebd_parts:
         rel_embeddings = _layer_norm(cfg, self.dtype, self.param_dtype)(rel_embeddings)
+    elif "layer_norm" in cfg.norm_rel_ebd_parts:
+      # `transformers` builds this LayerNorm from `norm_rel_ebd` alone, so its checkpoints
+      # carry it even without relative attention. Applying it to a dummy row creates the
+      # (unused) parameters so conversion stays exact both ways; XLA drops the dead op.
+      _layer_norm(cfg, self.dtype, self.param_dtype)(jnp.zeros((1, cfg.hidden_size), self.dtype))
 
     first_layer = _maybe_remat(DebertaV2Layer, self.remat_policy)
     hidden = first_layer(cfg, self.dtype, self.param_dtype, deterministic, name="layer_0")(
