@@ -150,3 +150,16 @@ def test_hub_name_offline_and_not_cached_is_a_one_line_error(tmp_path):
   lines = [l for l in result.stdout.splitlines() if l.startswith("ERROR:")]
   assert len(lines) == 1 and "\n" not in lines[0], result.stdout + result.stderr
   assert "microsoft/deberta-v3-base" in lines[0] and "HF_HUB_OFFLINE" in lines[0]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_and_sharded_safetensors_load(tmp_path, xxlarge, dtype):
+  """bfloat16 files (which safetensors' numpy API refuses) and sharded indexes load as float32."""
+  config, reference = xxlarge
+  half = reference.to(getattr(torch, dtype))
+  half.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="20KB")
+  assert (tmp_path / "model.safetensors.index.json").is_file()
+  _, params = deberta_v2.load_pretrained(str(tmp_path))
+  expected = convert.hf_to_flax({k: v.float() for k, v in half.state_dict().items()}, config)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params, expected)
+  assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(params))

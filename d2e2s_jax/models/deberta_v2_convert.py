@@ -182,7 +182,7 @@ def hf_to_flax(state_dict: Mapping[str, Any], config: DebertaV2Config,
   for path, shape in expected_param_shapes(config).items():
     module, leaf = _module_and_leaf(path)
     keys = _layer_keys(module, leaf, config.num_hidden_layers)
-    stacked = len(keys) > 1 or module.startswith("encoder.layer.")
+    stacked = module.startswith("encoder.layer.")
     one_shape = shape[1:] if stacked else shape
     values = []
     for key in keys:
@@ -241,19 +241,52 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
 
 
-def read_state_dict(directory: str) -> Dict[str, np.ndarray]:
-  """Reads the weights of a HF model directory: model.safetensors (or its sharded index,
-  read with safetensors' numpy API, no torch) or pytorch_model.bin (needs torch)."""
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+                       "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def read_safetensors(path: str) -> Dict[str, np.ndarray]:
+  """Reads a safetensors file into numpy arrays, bfloat16 included.
+
+  safetensors' numpy API refuses bfloat16 (numpy has no such type), so for those files
+  the (simple, documented) layout is read directly: an 8-byte little-endian header size,
+  a JSON header of {name: {dtype, shape, data_offsets}}, then the raw little-endian data.
+  """
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  try:
+    return load_file(path)
+  except TypeError:
+    pass
+  import ml_dtypes  # pylint: disable=import-outside-toplevel  # ships with jax
+  dtypes = {**_SAFETENSORS_DTYPES, "BF16": ml_dtypes.bfloat16}
+  with open(path, "rb") as f:
+    header_size = int.from_bytes(f.read(8), "little")
+    header = json.loads(f.read(header_size))
+    data = f.read()
+  out = {}
+  for name, entry in header.items():
+    if name == "__metadata__":
+      continue
+    if entry["dtype"] not in dtypes:
+      raise ConversionError(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+    begin, end = entry["data_offsets"]
+    out[name] = np.frombuffer(data[begin:end], dtype=np.dtype(dtypes[entry["dtype"]]).newbyteorder("<")).reshape(
+        entry["shape"])
+  return out
+
+
+def read_state_dict(directory: str) -> Dict[str, np.ndarray]:
+  """Reads the weights of a HF model directory: model.safetensors (or its sharded index;
+  no torch needed) or pytorch_model.bin (needs torch)."""
   index = os.path.join(directory, SAFETENSORS_INDEX)
   if os.path.isfile(os.path.join(directory, SAFETENSORS)):
-    return load_file(os.path.join(directory, SAFETENSORS))
+    return read_safetensors(os.path.join(directory, SAFETENSORS))
   if os.path.isfile(index):
     with open(index, encoding="utf-8") as f:
       shards = sorted(set(json.load(f)["weight_map"].values()))
     out = {}
     for shard in shards:
-      out.update(load_file(os.path.join(directory, shard)))
+      out.update(read_safetensors(os.path.join(directory, shard)))
     return out
   if os.path.isfile(os.path.join(directory, PYTORCH_BIN)):
     try:
