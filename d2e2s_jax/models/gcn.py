@@ -87,7 +87,12 @@ def _batched_graph(senders: Array, receivers: Array, weights: Array, num_nodes: 
 
 
 def complete_graph(weights: Array) -> jraph.GraphsTuple:
-  """The complete graph of each sentence with edge weight weights[b, receiver, sender]."""
+  """The complete graph of each sentence with edge weight weights[b, receiver, sender].
+
+  It spans all T positions; for SemGCN's adjacency every edge touching a padded position
+  has weight exactly 0 (padded rows are zeroed, padded keys get softmax weight 0), so it
+  acts as the complete graph of the real positions while keeping a static edge count.
+  """
   batch, num_nodes, _ = weights.shape
   receivers, senders = jnp.meshgrid(jnp.arange(num_nodes), jnp.arange(num_nodes), indexing="ij")
   tile = lambda x: jnp.broadcast_to(x.reshape(1, -1), (batch, num_nodes * num_nodes))
