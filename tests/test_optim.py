@@ -143,17 +143,42 @@ def test_clipping_and_accumulation():
     np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
-def test_bfloat16_first_moment_dtype():
+def test_bfloat16_moments():
   params = _params(np.random.default_rng(4))
   tx = optim.make_optimizer(optim.OptimizerConfig(moment_dtype="bfloat16"), 10)
   state = tx.init(params)
-  dtypes = {leaf.dtype for leaf in jax.tree.leaves(state) if leaf.ndim > 0}
-  assert jnp.dtype(jnp.bfloat16) in dtypes and jnp.dtype(jnp.float32) in dtypes
+  moments = [leaf for leaf in jax.tree.leaves(state) if leaf.ndim > 0]
+  assert moments and all(leaf.dtype == jnp.bfloat16 for leaf in moments)
+  # Rounding the stored moments changes the first updates by well under a percent.
+  grads = _grads(np.random.default_rng(5), params, 3)
+  config = optim.OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.0)
+  exact = _flat(_run_ours(config, params, grads, 3))
+  lean = _flat(_run_ours(optim.OptimizerConfig(**{**config.__dict__, "moment_dtype": "bfloat16"}),
+                         params, grads, 3))
+  for key, value in exact.items():
+    moved = np.abs(value - _flat(params)[key]).max()
+    assert np.abs(lean[key] - value).max() < 0.02 * moved, key
 
 
-def test_decay_mask_sees_through_logical_boxes():
-  import flax.linen as nn
-  boxed = {"dense": {"kernel": nn.LogicallyPartitioned(np.zeros((2, 2)), ("embed", "mlp")),
-                     "bias": nn.LogicallyPartitioned(np.zeros((2,)), ("mlp",))}}
-  mask = optim.decay_mask(boxed)
-  assert mask["dense"]["kernel"].value is True and mask["dense"]["bias"].value is False
+def test_factored_second_moment_state_is_small_and_updates_descend():
+  rng = np.random.default_rng(6)
+  params = {"kernel": rng.normal(size=(256, 160)).astype(np.float32),  # both dims >= 128: factored
+            "bias": rng.normal(size=(160,)).astype(np.float32)}
+  config = optim.OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.0, second_moment="factored",
+                                 weight_decay=0.0)
+  tx = optim.make_optimizer(config, 100)
+  state = tx.init(params)
+  sizes = sum(leaf.size for leaf in jax.tree.leaves(state))
+  full = sum(leaf.size for leaf in jax.tree.leaves(optim.make_optimizer(
+      optim.OptimizerConfig(b1=0.0), 100).init(params)))
+  assert sizes < 0.6 * full  # first moment only; the second is factored
+  # It minimises a quadratic.
+  target = jax.tree.map(np.zeros_like, params)
+  loss = lambda p: sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(target)))
+  start = float(loss(params))
+  for _ in range(50):
+    updates, state = tx.update(jax.grad(loss)(params), state, params)
+    params = optax.apply_updates(params, updates)
+  assert float(loss(params)) < 0.5 * start
+  with pytest.raises(ValueError, match="second_moment"):
+    optim.OptimizerConfig(second_moment="sparse")

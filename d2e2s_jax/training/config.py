@@ -84,6 +84,7 @@ class TrainConfig:
   bias_correction: bool = False
   gradient_accumulation_steps: int = 1
   moment_dtype: Optional[str] = None
+  second_moment: str = "full"
   # Loop.
   epochs: int = 120
   max_steps: int = 0  # > 0 stops after that many steps (and sets the schedule's length)
@@ -141,6 +142,7 @@ class TrainConfig:
         bias_correction=self.bias_correction,
         gradient_accumulation_steps=self.gradient_accumulation_steps,
         moment_dtype=self.moment_dtype,
+        second_moment=self.second_moment,
     )
 
   def scratch_encoder_config(self, vocab_size: int, pad_token_id: int) -> DebertaV2Config:

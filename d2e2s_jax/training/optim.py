@@ -39,8 +39,11 @@ class OptimizerConfig:
       the released code).
     bias_correction: divide the moments by (1 - b^t) as in Adam; False as released.
     gradient_accumulation_steps: >1 accumulates gradients over that many micro-steps.
-    moment_dtype: dtype of the first moment (None keeps float32; bfloat16 is a memory
-      saving that rounds the running mean).
+    moment_dtype: storage dtype of Adam's moments (None keeps float32). bfloat16 halves
+      the optimizer state; each stored moment is rounded to 8 mantissa bits per step
+      (computation stays float32).
+    second_moment: "full" (Adam) or "factored" (`scale_by_factored_adam`: row/column
+      second moments, a memory-lean approximation of Adam).
   """
 
   learning_rate: float = 5e-6
@@ -53,6 +56,11 @@ class OptimizerConfig:
   bias_correction: bool = False
   gradient_accumulation_steps: int = 1
   moment_dtype: Optional[str] = None
+  second_moment: str = "full"
+
+  def __post_init__(self):
+    if self.second_moment not in ("full", "factored"):
+      raise ValueError(f"second_moment must be 'full' or 'factored', got {self.second_moment!r}")
 
 
 def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -99,25 +107,50 @@ class _AdamState(NamedTuple):
 
 
 def scale_by_adam(b1: float, b2: float, eps: float, bias_correction: bool,
-                  mu_dtype: Optional[Any] = None) -> optax.GradientTransformation:
-  """Adam's direction m / (sqrt(v) + eps), with or without bias correction."""
-  if bias_correction:
-    return optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
+                  moment_dtype: Optional[Any] = None) -> optax.GradientTransformation:
+  """Adam's direction m / (sqrt(v) + eps), with or without bias correction.
+
+  Both moments are stored in `moment_dtype` (default: the parameter's dtype) and
+  computed in float32.
+  """
 
   def init_fn(params):
-    mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype or p.dtype), params)
-    nu = jax.tree.map(jnp.zeros_like, params)
-    return _AdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+    zeros = lambda p: jnp.zeros_like(p, dtype=moment_dtype or p.dtype)
+    return _AdamState(count=jnp.zeros([], jnp.int32), mu=jax.tree.map(zeros, params),
+                      nu=jax.tree.map(zeros, params))
 
   def update_fn(updates, state, params=None):
     del params
-    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
-    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
-    direction = jax.tree.map(lambda m, v: m.astype(v.dtype) / (jnp.sqrt(v) + eps), mu, nu)
-    mu = jax.tree.map(lambda m: m.astype(mu_dtype or m.dtype), mu)
-    return direction, _AdamState(count=state.count + 1, mu=mu, nu=nu)
+    count = state.count + 1
+    f32 = lambda x: x.astype(jnp.float32)
+    mu = jax.tree.map(lambda m, g: b1 * f32(m) + (1 - b1) * f32(g), state.mu, updates)
+    nu = jax.tree.map(lambda v, g: b2 * f32(v) + (1 - b2) * jnp.square(f32(g)), state.nu, updates)
+    if bias_correction:
+      mu_hat = jax.tree.map(lambda m: m / (1 - b1**count), mu)
+      nu_hat = jax.tree.map(lambda v: v / (1 - b2**count), nu)
+    else:
+      mu_hat, nu_hat = mu, nu
+    direction = jax.tree.map(lambda m, v, g: (m / (jnp.sqrt(v) + eps)).astype(g.dtype), mu_hat, nu_hat, updates)
+    store = lambda new, old: new.astype(old.dtype)
+    return direction, _AdamState(count=count, mu=jax.tree.map(store, mu, state.mu),
+                                 nu=jax.tree.map(store, nu, state.nu))
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_factored_adam(b1: float, b2: float, eps: float,
+                           moment_dtype: Optional[Any] = None) -> optax.GradientTransformation:
+  """A lean variant: Adafactor's factored second moment, then an EMA of the update.
+
+  The second moment of a matrix is kept as row and column means (O(n + m) instead of
+  O(n * m)); vectors keep a full second moment. The update is normalised by it first and
+  then averaged with decay `b1` (Adafactor's order; Adam averages the gradient first).
+  With `b1 = 0` there is no first moment at all.
+  """
+  parts = [optax.scale_by_factored_rms(decay_rate=b2, epsilon=eps**2)]
+  if b1 > 0:
+    parts.append(optax.ema(b1, debias=False, accumulator_dtype=moment_dtype))
+  return optax.chain(*parts)
 
 
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
@@ -126,9 +159,13 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
   chain = []
   if config.max_grad_norm > 0:
     chain.append(optax.clip_by_global_norm(config.max_grad_norm))
-  mu_dtype = jnp.dtype(config.moment_dtype) if config.moment_dtype else None
+  moment_dtype = jnp.dtype(config.moment_dtype) if config.moment_dtype else None
+  if config.second_moment == "factored":
+    direction = scale_by_factored_adam(config.b1, config.b2, config.eps, moment_dtype)
+  else:
+    direction = scale_by_adam(config.b1, config.b2, config.eps, config.bias_correction, moment_dtype)
   chain += [
-      scale_by_adam(config.b1, config.b2, config.eps, config.bias_correction, mu_dtype),
+      direction,
       optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
       optax.scale_by_learning_rate(schedule),
   ]
