@@ -75,6 +75,8 @@ class D2E2SConfig:
     graph_implementation: "dense" or "jraph" (see gcn.py).
     dtype: compute dtype name, "float32" or "bfloat16"; parameters stay float32.
     encoder: the DeBERTa-v2 config of the full model, None for the head alone.
+    remat_policy: rematerialisation of the encoder's layers in the backward pass
+      ("none", "full", "dots", "dots_no_batch"): memory for recomputation.
   """
 
   hidden_size: int = 768
@@ -97,6 +99,7 @@ class D2E2SConfig:
   graph_implementation: str = "dense"
   dtype: str = "float32"
   encoder: Optional[Any] = None  # DebertaV2Config; Any keeps this module free of the encoder
+  remat_policy: str = "none"  # the encoder layers' rematerialisation (see deberta_v2.py)
 
   def __post_init__(self):
     if 2 * self.hidden_dim != self.hidden_size:
@@ -352,7 +355,8 @@ class D2E2S(nn.Module):
     if self.config.encoder is None:
       raise ValueError("D2E2S needs config.encoder (a DebertaV2Config); use D2E2SHead for the head alone")
     from d2e2s_jax.models.deberta_v2 import DebertaV2Model  # the encoder module is optional for the head
-    self.encoder = DebertaV2Model(self.config.encoder, dtype=self.config.compute_dtype)
+    self.encoder = DebertaV2Model(self.config.encoder, dtype=self.config.compute_dtype,
+                                  remat_policy=self.config.remat_policy)
     self.head = D2E2SHead(self.config)
 
   def encode(self, batch: Mapping[str, Array], deterministic: bool) -> Array:

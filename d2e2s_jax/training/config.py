@@ -189,4 +189,5 @@ class TrainConfig:
         graph_implementation=self.graph_implementation,
         dtype=self.compute_dtype,
         encoder=encoder_config,
+        remat_policy=self.remat_policy,
     )
