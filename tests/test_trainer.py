@@ -161,3 +161,33 @@ def test_entry_point_reports_bad_data_in_one_line(tmp_path):
   error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(error_lines) == 1, result.stderr
   assert "train_dep_triple_polarity_result.json" in error_lines[0] and "record 0" in error_lines[0]
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatch):
+  real_loss = trainer.losses.d2e2s_loss
+
+  def poisoned_loss(outputs, batch, kl_weight):
+    total, parts = real_loss(outputs, batch, kl_weight)
+    return total * np.nan, parts
+
+  monkeypatch.setattr(trainer.losses, "d2e2s_loss", poisoned_loss)
+  config = config_lib.TrainConfig(**{**TINY, "max_steps": 4, "max_consecutive_skips": 2, "log_every": 1,
+                                     "eval_every": 100, "checkpoint_every": 100})
+  with pytest.raises(trainer.TrainingError, match="2 consecutive steps had a non-finite loss"):
+    trainer.train_and_evaluate(config, tmp_path)
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["skipped_steps"] for r in records] == [1, 2]
+  assert not (tmp_path / "results.json").exists()
+
+
+def test_train_seeds_table(tmp_path, monkeypatch):
+  def fake_run(config, workdir):
+    f1 = 50.0 + config.seed
+    block = {"triplet": {"precision": f1, "recall": f1, "f1": f1}}
+    return {"best_step": 1, "dev": block, "test": block}
+
+  monkeypatch.setattr(trainer, "train_and_evaluate", fake_run)
+  summary = trainer.train_seeds(config_lib.TrainConfig(**TINY), tmp_path, [1, 2, 3])
+  assert summary["summary"]["test"]["f1"] == {"mean": 52.0, "std": 1.0}
+  assert "| test | 52.00 ± 1.00 | 52.00 ± 1.00 | 52.00 ± 1.00 |" in (tmp_path / "seeds.md").read_text()
+  assert json.loads((tmp_path / "seeds.json").read_text())["summary"]["dev"]["f1"]["mean"] == 52.0

@@ -169,8 +169,7 @@ def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation
   rng = jax.random.key(seed)
   abstract = jax.eval_shape(init, rng)
   state_shardings = sharding.logical_shardings(abstract, mesh)
-  with mesh:
-    state = jax.jit(lambda r: _unbox(init(r)), out_shardings=state_shardings)(rng)
+  state = jax.jit(lambda r: _unbox(init(r)), out_shardings=state_shardings)(rng)
   return state, state_shardings
 
 
