@@ -1,0 +1,232 @@
+"""Training and evaluation throughput of the full D2E2S step on real 14res batches (CPU).
+
+For each model size (`--configs`: `tiny`, hidden 64 / 2 layers; `base`, hidden 768 / 12
+layers / 12 heads / FFN 3072 / vocab 128100, random weights) this builds the trainer's
+own pieces (`trainer.create_train_state`, `make_train_step`, `make_predict_step`) on one
+device and walks an epoch of `batching.train_batches` the way `train_and_evaluate`
+does, timing each piece of every step separately, in the loop's order (so the pieces are
+interleaved repetition by repetition):
+
+* `build`: the host producing the next batch (sampling, padding: `next(iterator)`);
+* `transfer`: `sharding.shard_batch` plus `block_until_ready` (host -> device);
+* `step`: the jitted training step until its outputs are ready (the device);
+* `fetch`: `jax.device_get` of the step's metrics (what the loop does at log steps).
+
+The reference of the same run is the device step: `build_over_step` says how much of a
+step the host's batch building costs when it is not overlapped with the device. The
+first step of each batch shape compiles; its time is reported apart (`compile_s`) and
+left out of the medians. `--max_compiles` bounds the compilations (batches of other
+shapes are built and timed but not stepped); `--full_epoch` steps every batch of the
+epoch and reports the actual traces beside the distinct shapes of `shape_report`.
+
+Evaluation runs the jitted `predict_step` on dev batches of one shape (`predict`) and
+the host conversion of its outputs to triplets and terms (`decode`).
+
+The sentence vocabulary is a SentencePiece model trained on 14res train (about 2.2k
+pieces); the base encoder keeps its 128100-row embedding, of which those ids use the
+first rows. The machine is shared (two cores, other jobs): timings are noisy; compare
+ratios measured in one run rather than absolute figures across runs.
+
+  python benchmarks/train_step.py --configs tiny,base --steps 5
+  python benchmarks/train_step.py --configs tiny --steps 2 --eval_batches 1 --json   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import os
+import sys
+import time
+from typing import Any, Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=wrong-import-position
+
+import jax  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+from d2e2s_jax.data import batching  # pylint: disable=wrong-import-position
+from d2e2s_jax.models import d2e2s, decoding  # pylint: disable=wrong-import-position
+from d2e2s_jax.training import optim, sharding, trainer  # pylint: disable=wrong-import-position
+from d2e2s_jax.training.config import TrainConfig  # pylint: disable=wrong-import-position
+
+# name -> (hidden, layers, heads, FFN, position buckets, vocab rows, head attention heads).
+CONFIGS = {
+    "tiny": dict(hidden=64, layers=2, heads=2, ffn=128, buckets=32, vocab=0, head_heads=2),
+    "base": dict(hidden=768, layers=12, heads=12, ffn=3072, buckets=256, vocab=128100, head_heads=8),
+}
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--configs", default="tiny,base", help=f"comma-separated subset of {list(CONFIGS)}")
+  parser.add_argument("--steps", type=int, default=5, help="timed training steps per config (after compiling)")
+  parser.add_argument("--eval_batches", type=int, default=3, help="timed dev batches per config")
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--max_length", type=int, default=256)
+  parser.add_argument("--max_compiles", type=int, default=1, help="training-step shapes compiled per config")
+  parser.add_argument("--full_epoch", action="store_true", help="step every batch of epoch 0 (all its shapes)")
+  parser.add_argument("--dataset", default="14res")
+  parser.add_argument("--data_dir", default=None, help=f"data root (default {common.DEFAULT_DATA_DIR})")
+  parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
+  args = parser.parse_args(argv)
+  args.configs = [name.strip() for name in args.configs.split(",") if name.strip()]
+  if not args.configs or set(args.configs) - set(CONFIGS):
+    parser.error(f"--configs must be a subset of {list(CONFIGS)}")
+  if args.steps < 1 or args.eval_batches < 1 or args.batch < 1 or args.max_compiles < 1:
+    parser.error("--steps, --eval_batches, --batch, --max_compiles must be >= 1")
+  return args
+
+
+def block(tree: Any) -> Any:
+  return jax.block_until_ready(tree)
+
+
+def run_config(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
+  """Times training and evaluation of one model size; returns its figures."""
+  sizes = CONFIGS[name]
+  tokenizer, _, encoded = data
+  config = TrainConfig(encoder="scratch", scratch_hidden_size=sizes["hidden"], scratch_layers=sizes["layers"],
+                       scratch_heads=sizes["heads"], scratch_intermediate_size=sizes["ffn"],
+                       scratch_position_buckets=sizes["buckets"], attention_heads=sizes["head_heads"],
+                       batch_size=args.batch, eval_batch_size=args.batch, max_length=args.max_length, mesh="data:1",
+                       max_decoded_spans=24)
+  encoder_config = config.scratch_encoder_config(len(tokenizer), int(tokenizer.pad_token_id))
+  encoder_config = dataclasses.replace(encoder_config, vocab_size=max(len(tokenizer), sizes["vocab"]))
+  model_config = config.model_config(encoder_config)
+  model = d2e2s.D2E2S(model_config)
+  mesh = sharding.make_mesh(config.mesh)
+  train_config = config.batch_config(tokenizer, training=True)
+  eval_config = config.batch_config(tokenizer, training=False)
+  optimizer_config = config.optimizer_config()
+  steps_per_epoch = len(encoded["train"]) // args.batch
+  optimizer = optim.make_optimizer(optimizer_config, steps_per_epoch)
+  schedule = optim.learning_rate_schedule(optimizer_config, steps_per_epoch)
+
+  figures: Dict[str, Any] = {"hidden": sizes["hidden"], "layers": sizes["layers"],
+                             "vocab": encoder_config.vocab_size, "batch": args.batch}
+  train_report = batching.shape_report(encoded["train"], train_config, epoch=0, seed=config.seed)
+  eval_report = batching.shape_report(encoded["dev"], eval_config, train=False)
+  figures.update({f"train_{k}": v for k, v in train_report.items()})
+  figures.update({f"eval_{k}": v for k, v in eval_report.items()})
+  # What train_batches / eval_batches redo at the start of every epoch / evaluation.
+  figures["plan_train_s"] = common.timed(lambda: batching.plan_dataset(encoded["train"], train_config, train=True))
+
+  common.log(f"[{name}] initialising ...")
+  start = time.perf_counter()
+  batches = batching.train_batches(encoded["train"], train_config, 0, config.seed)
+  first = next(batches)
+  figures["first_batch_s"] = time.perf_counter() - start
+  state, state_shardings = trainer.create_train_state(model, optimizer, first, config.seed, mesh)
+  block(state)
+  figures["init_s"] = time.perf_counter() - start - figures["first_batch_s"]
+  figures["param_count"] = int(sum(np.size(leaf) for leaf in jax.tree.leaves(state.params)))
+  train_step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings)
+
+  pieces: Dict[str, List[float]] = {"build": [], "transfer": [], "step": [], "fetch": []}
+  compile_s: Dict[str, float] = {}
+  rows: List[int] = []
+  stepped = 0
+  batch = first
+  limit = steps_per_epoch if args.full_epoch else args.steps
+  while True:
+    shape = str(batch["input_ids"].shape)
+    compiled = shape in compile_s
+    if compiled or len(compile_s) < args.max_compiles or args.full_epoch:
+      start = time.perf_counter()
+      device_batch = block(sharding.shard_batch(batch, mesh))
+      transfer = time.perf_counter() - start
+      start = time.perf_counter()
+      state, metrics = block(train_step(state, device_batch))
+      step = time.perf_counter() - start
+      start = time.perf_counter()
+      jax.device_get(metrics)
+      fetch = time.perf_counter() - start
+      if compiled:
+        pieces["transfer"].append(transfer)
+        pieces["step"].append(step)
+        pieces["fetch"].append(fetch)
+        rows.append(int(batch["example_mask"].sum()))
+        stepped += 1
+      else:
+        compile_s[shape] = step
+        common.log(f"[{name}] compiled the train step for {shape} in {step:.1f} s")
+    if stepped >= limit:
+      break
+    start = time.perf_counter()
+    batch = next(batches, None)
+    if batch is None:
+      break
+    pieces["build"].append(time.perf_counter() - start)
+  if not pieces["step"]:
+    raise SystemExit(f"[{name}] no training step was timed: the epoch has too few batches of compiled shapes")
+  for piece, seconds in pieces.items():
+    figures[f"train_{piece}_s"] = common.median(seconds)
+  figures["train_steps_timed"] = len(pieces["step"])
+  figures["train_step_traces"] = train_step.trace_count()
+  figures["train_compile_s"] = sum(compile_s.values())
+  figures["train_compiled_shapes"] = len(compile_s)
+  figures["train_sentences_per_s"] = float(np.median(rows)) / figures["train_step_s"]
+  figures["train_end_to_end_sentences_per_s"] = float(np.median(rows)) / sum(
+      figures[f"train_{piece}_s"] for piece in pieces)
+  figures["build_over_step"] = figures["train_build_s"] / figures["train_step_s"]
+
+  # Evaluation: the commonest dev batch shape, one compilation.
+  common.log(f"[{name}] evaluating ...")
+  start = time.perf_counter()
+  eval_list = list(batching.eval_batches(encoded["dev"], eval_config))
+  figures["eval_build_all_s"] = time.perf_counter() - start
+  shapes = [b["input_ids"].shape for b in eval_list]
+  common_shape = max(set(shapes), key=shapes.count)
+  chosen = [b for b in eval_list if b["input_ids"].shape == common_shape][:args.eval_batches + 1]
+  predict_step = trainer.make_predict_step(model, mesh, state_shardings.params)
+  eval_pieces: Dict[str, List[float]] = {"predict": [], "decode": []}
+  eval_rows = []
+  for index, batch in enumerate(chosen):
+    device_batch = block(sharding.shard_batch(batch, mesh))
+    start = time.perf_counter()
+    decoded = jax.device_get(predict_step(state.params, device_batch))
+    predict = time.perf_counter() - start
+    start = time.perf_counter()
+    decoding.decoded_triplets(decoded, batch["span_word_bounds"])
+    decoding.decoded_terms(decoded, batch["span_mask"], batch["span_word_bounds"])
+    decode = time.perf_counter() - start
+    if index == 0:
+      figures["eval_compile_s"] = predict
+      continue
+    eval_pieces["predict"].append(predict)
+    eval_pieces["decode"].append(decode)
+    eval_rows.append(int(batch["example_mask"].sum()))
+  if eval_pieces["predict"]:
+    figures["eval_predict_s"] = common.median(eval_pieces["predict"])
+    figures["eval_decode_s"] = common.median(eval_pieces["decode"])
+    figures["eval_sentences_per_s"] = float(np.median(eval_rows)) / figures["eval_predict_s"]
+    figures["decode_over_predict"] = figures["eval_decode_s"] / figures["eval_predict_s"]
+    figures["eval_batches_timed"] = len(eval_pieces["predict"])
+  figures["eval_shape"] = list(common_shape)
+  return figures
+
+
+def main(argv: List[str]) -> Dict[str, Any]:
+  args = parse_args(argv)
+  data = common.load_dataset(args.dataset, args.data_dir, max_length=args.max_length, splits=("train", "dev"))
+  if data is None:
+    message = f"skipped: no ASTE data under {args.data_dir or common.DEFAULT_DATA_DIR}/aste/{args.dataset}"
+    print(message)
+    figures: Dict[str, Any] = {"skipped": message}
+  else:
+    figures = {"dataset": args.dataset, "batch": args.batch, "steps": args.steps, "cpu_count": os.cpu_count(),
+               "configs": {name: run_config(name, data, args) for name in args.configs}}
+    if not args.json:
+      for name, values in figures["configs"].items():
+        print(f"== {name}")
+        common.emit(values, as_json=False)
+  if args.json:
+    common.emit(figures, as_json=True)
+  return figures
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

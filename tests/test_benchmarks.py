@@ -1,0 +1,86 @@
+"""Smoke tests of benchmarks/train_step.py and benchmarks/memory_plan.py (no timing asserted).
+
+Each benchmark runs as a subprocess with tiny settings and must print one JSON object
+with the expected keys as its last line. Compiling the full D2E2S training step takes
+one to three minutes on a loaded two-core machine even for a tiny model, so the runs
+that compile are marked slow; the flag checks and the no-data path run by default.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+
+TINY_MEMORY_FLAGS = ["--layers", "2", "--vocab", "300", "--hidden", "32", "--heads", "2", "--ffn", "48",
+                     "--head_hidden", "16", "--head_attention_heads", "2", "--position_buckets", "8",
+                     "--batch", "8", "--length", "16", "--spans", "24", "--pairs", "16", "--edges", "48"]
+
+
+def run_benchmark(name, *flags, timeout=900):
+  # The benchmark sets its own device count; drop the test session's XLA_FLAGS.
+  env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  completed = subprocess.run([sys.executable, str(BENCHMARKS / name), *flags, "--json"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=timeout, check=False)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_train_step_reports_missing_data_as_skipped(tmp_path):
+  figures = run_benchmark("train_step.py", "--configs", "tiny", "--data_dir", str(tmp_path))
+  assert figures["skipped"].startswith("skipped: no ASTE data")
+
+
+def load_benchmark(name):
+  spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("name, flags", [
+    ("train_step", ["--configs", "huge"]),
+    ("train_step", ["--steps", "0"]),
+    ("memory_plan", ["--variants", "adamw_tpu"]),
+    ("memory_plan", ["--hidden", "64", "--head_hidden", "64"]),
+])
+def test_benchmarks_reject_bad_flags(name, flags):
+  with pytest.raises(SystemExit):
+    load_benchmark(name).parse_args(flags)
+
+
+@pytest.mark.slow
+def test_train_step_runs_tiny_and_prints_json_last(shared_data_dir):
+  figures = run_benchmark("train_step.py", "--configs", "tiny", "--steps", "1", "--eval_batches", "1",
+                          "--data_dir", str(shared_data_dir))
+  tiny = figures["configs"]["tiny"]
+  for key in ("train_build_s", "train_transfer_s", "train_step_s", "train_fetch_s", "train_sentences_per_s",
+              "build_over_step", "train_step_traces", "train_distinct_shapes", "train_token_efficiency",
+              "eval_predict_s", "eval_decode_s", "eval_sentences_per_s", "decode_over_predict", "plan_train_s"):
+    assert key in tiny, key
+  assert tiny["train_step_traces"] == tiny["train_compiled_shapes"] == 1
+  assert 0 < tiny["train_token_efficiency"] <= 1
+
+
+@pytest.mark.slow
+def test_memory_plan_runs_tiny_and_prints_json_last():
+  figures = run_benchmark("memory_plan.py", *TINY_MEMORY_FLAGS, "--variants",
+                          "adamw_fsdp8,lean_full_bf16_factored_bf16m")
+  assert figures["devices"] == 8 and figures["param_count"] > 0
+  for name in ("adamw_fsdp8", "lean_full_bf16_factored_bf16m"):
+    row = figures["variants"][name]
+    for key in ("argument_gib", "output_gib", "temp_gib", "alias_gib", "peak_gib", "params_gib",
+                "opt_state_gib", "grads_gib", "compile_s", "fits_goal"):
+      assert key in row, (name, key)
+    assert row["peak_gib"] == pytest.approx(row["argument_gib"] + row["output_gib"] + row["temp_gib"]
+                                            - row["alias_gib"])
+  # The lean state: a bfloat16 first moment and a factored second moment, under the parameters' size.
+  lean = figures["variants"]["lean_full_bf16_factored_bf16m"]
+  assert lean["opt_state_gib"] < lean["params_gib"]
