@@ -150,11 +150,12 @@ class TrainedParser:
 
 
 def parser_config(*, seed: int, max_steps: int, max_epochs: int = 0, eval_frequency: int = 200,
-                  patience: int = 1600, width: int = 96, depth: int = 4, dropout: float = 0.1) -> Any:
+                  patience: int = 1600, width: int = 96, depth: int = 4, dropout: float = 0.1,
+                  use_averages: bool = True) -> Any:
   """The spaCy training config of a blank English tok2vec + tagger + parser.
 
-  spaCy's own "efficiency" template (what `spacy init config` writes) with the size and
-  schedule overridden; `[paths] train/dev` are filled in by `train_parser`.
+  spaCy's own "efficiency" template (what `spacy init config` writes) with the size,
+  schedule and weight averaging overridden; `[paths] train/dev` are filled in by `train_parser`.
   """
   from spacy.cli.init_config import init_config  # pylint: disable=import-outside-toplevel
 
@@ -167,6 +168,8 @@ def parser_config(*, seed: int, max_steps: int, max_epochs: int = 0, eval_freque
   training["patience"] = patience
   training["dropout"] = dropout
   training["logger"]["progress_bar"] = False
+  # Evaluate and save the running average of the weights (the template turns it off).
+  training["optimizer"]["use_averages"] = use_averages
   config["components"]["tok2vec"]["model"]["encode"]["width"] = width
   config["components"]["tok2vec"]["model"]["encode"]["depth"] = depth
   for split in ("train", "dev"):
@@ -178,7 +181,7 @@ def parser_config(*, seed: int, max_steps: int, max_epochs: int = 0, eval_freque
 def train_parser(train_examples: Sequence[Example], dev_examples: Sequence[Example], output_dir: PathLike, *,
                  seed: int = 0, max_steps: int = 2000, max_epochs: int = 0, eval_frequency: int = 200,
                  patience: int = 1600, width: int = 96, depth: int = 4, dropout: float = 0.1,
-                 log: Optional[IO[str]] = None) -> TrainedParser:
+                 use_averages: bool = True, log: Optional[IO[str]] = None) -> TrainedParser:
   """Trains a tagger and a dependency parser from scratch on gold parses and saves it.
 
   Deterministic given the seed (spaCy seeds Python's, numpy's and thinc's generators;
@@ -197,6 +200,7 @@ def train_parser(train_examples: Sequence[Example], dev_examples: Sequence[Examp
     patience: steps without dev improvement before stopping (0 = never stop early).
     width, depth: the CNN tok2vec's width and number of layers.
     dropout: dropout rate.
+    use_averages: evaluate and save the running average of the weights.
     log: stream for spaCy's training table (default: discarded).
 
   Returns:
@@ -209,6 +213,7 @@ def train_parser(train_examples: Sequence[Example], dev_examples: Sequence[Examp
   import spacy  # pylint: disable=import-outside-toplevel
   from spacy.tokens import DocBin  # pylint: disable=import-outside-toplevel
   from spacy.training.initialize import init_nlp  # pylint: disable=import-outside-toplevel
+  from spacy.training.loop import DIR_MODEL_BEST  # pylint: disable=import-outside-toplevel
   from spacy.training.loop import train as spacy_train  # pylint: disable=import-outside-toplevel
 
   output_dir = pathlib.Path(output_dir)
@@ -230,15 +235,17 @@ def train_parser(train_examples: Sequence[Example], dev_examples: Sequence[Examp
     DocBin(docs=train_gold.docs, store_user_data=False).to_disk(work / "train.spacy")
     DocBin(docs=dev_gold.docs, store_user_data=False).to_disk(work / "dev.spacy")
     config = parser_config(seed=seed, max_steps=max_steps, max_epochs=max_epochs, eval_frequency=eval_frequency,
-                           patience=patience, width=width, depth=depth, dropout=dropout)
+                           patience=patience, width=width, depth=depth, dropout=dropout,
+                           use_averages=use_averages)
     config["paths"]["train"] = str(work / "train.spacy")
     config["paths"]["dev"] = str(work / "dev.spacy")
     nlp = init_nlp(config)
     stream = log if log is not None else io.StringIO()
     (work / _TRAINING_SUBDIR).mkdir()  # spaCy creates model-last/ but not its parent
-    _, best_path = spacy_train(nlp, work / _TRAINING_SUBDIR, stdout=stream, stderr=stream)
-    if best_path is None or not best_path.is_dir():  # spaCy saves model-best at the first evaluation
-      best_path = work / _TRAINING_SUBDIR / "model-last"
+    spacy_train(nlp, work / _TRAINING_SUBDIR, stdout=stream, stderr=stream)
+    # spaCy returns model-last; model-best, the checkpoint with the best dev score, exists
+    # from the evaluation at step 0 on.
+    best_path = work / _TRAINING_SUBDIR / DIR_MODEL_BEST
     staging = work / "pipeline"
     shutil.copytree(best_path, staging)
     _replace_directory(staging, output_dir)

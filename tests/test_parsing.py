@@ -97,6 +97,7 @@ def test_evaluate_parser_scores_the_gold_parse_100_and_counts_errors():
   wrong = {tuple(_SEGMENTED.parse_words): ([1, 3, 3, 3, 2, 3, 5], ["amod", "nsubj", "cop", "ROOT", "punct", "conj",
                                                                     "punct"], ["DT", "NN", "VBZ", "JJ", ".", "JJ",
                                                                                "NN"])}
+  assert parsing.evaluate_parser(_StandIn(gold), [_OWN_WORDS])["tag_acc"] is None  # no gold tags
   scores = parsing.evaluate_parser(_StandIn(wrong), [_SEGMENTED])
   assert scores["words"] == 7
   assert scores["uas"] == pytest.approx(100 * 5 / 7) and scores["las"] == pytest.approx(100 * 4 / 7)
@@ -144,6 +145,15 @@ def test_train_parser_refuses_to_overwrite_other_directories(tmp_path):
   assert (tmp_path / "notes.txt").read_text() == "keep me"
   with pytest.raises(DataError, match="none of the 1 training examples"):
     parsing.train_parser([Example(id="x", tokens=("a",))], [_SEGMENTED], tmp_path / "new", max_steps=1)
+
+
+def test_load_parser_loads_installed_pipelines_by_name(tiny_parser, monkeypatch):
+  trained, _ = tiny_parser
+  # Stands in for an installed package such as en_core_web_sm (none can be installed here).
+  monkeypatch.setattr(spacy.util, "is_package", lambda name: name == "en_tiny_parser")
+  real_load = spacy.load
+  monkeypatch.setattr(spacy, "load", lambda name: real_load(trained.path) if name == "en_tiny_parser" else None)
+  assert parsing.load_parser("en_tiny_parser").pipe_names == ["tok2vec", "tagger", "parser"]
 
 
 def test_parse_sentences_parses_raw_text_and_word_lists(tiny_parser):
