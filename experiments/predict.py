@@ -1,0 +1,115 @@
+r"""Predicts aspect-sentiment triplets with a trained model, as JSON lines.
+
+  python -m experiments.predict --workdir=RUN_OR_BUNDLE --parser=PARSER_DIR \
+      --text="The pizza was great but the staff was rude ."
+  python -m experiments.predict --workdir=RUN_OR_BUNDLE --input=test.json --input_format=d2e2s \
+      --output=predictions.jsonl
+
+`--workdir` is a training run's directory (its `--which` checkpoint is used) or a bundle
+written by `python -m experiments.export`. Each input sentence gives one line:
+  {"text": ..., "tokens": [...], "triplets": [{"aspect": [start, end], "aspect_text": ...,
+   "opinion": [start, end], "opinion_text": ..., "sentiment": ..., "score": ...}]}
+(word spans end-exclusive; score is the sentiment's sigmoid probability), or
+  {"text": ..., "error": ...}
+for a sentence that cannot be predicted (empty, too long); the others go on.
+
+Raw text (`--text`, `--input_format=text`: one sentence per line) needs a dependency
+parser: `--parser` (a spaCy pipeline directory, e.g. from `experiments.train_parser`, or
+an installed pipeline name), or the one a bundle carries. D2E2S JSON input carries its
+own parses. Bad input (a missing or malformed file, no parser for raw text) prints one
+line `error: ...` on stderr and exits 1; `--output` is written atomically, so nothing
+half-written is left behind.
+"""
+
+import json
+import os
+import pathlib
+import sys
+from typing import Iterable, List, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir or an exported bundle.", required=True)
+_TEXT = flags.DEFINE_multi_string("text", [], "A sentence to predict (repeatable); needs a parser.")
+_INPUT = flags.DEFINE_string("input", None, "A file of sentences (see --input_format).")
+_INPUT_FORMAT = flags.DEFINE_enum("input_format", "text", ["text", "d2e2s"],
+                                  "text: one raw sentence per line (needs a parser); d2e2s: D2E2S JSON with "
+                                  "parses.")
+_OUTPUT = flags.DEFINE_string("output", None, "JSON lines output file (written atomically); default stdout.")
+_PARSER = flags.DEFINE_string("parser", None, "spaCy pipeline directory or installed name; default: the "
+                              "bundle's parser, if any.")
+_WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of a training workdir.")
+_CHUNK = flags.DEFINE_integer("chunk_size", 256, "Sentences read and predicted at a time.")
+
+
+def _read_input() -> List:
+  """The sentences to predict: --text values, then the --input file's."""
+  from d2e2s_jax.data import readers  # pylint: disable=import-outside-toplevel
+  from d2e2s_jax.data.examples import DataError  # pylint: disable=import-outside-toplevel
+
+  sentences: List = list(_TEXT.value)
+  if _INPUT.value:
+    path = pathlib.Path(_INPUT.value)
+    if _INPUT_FORMAT.value == "d2e2s":
+      sentences.extend(readers.read_examples(path, "d2e2s"))
+    else:
+      try:
+        text = path.read_text(encoding="utf-8")
+      except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot be read as UTF-8 text ({type(error).__name__}: {error})") from None
+      sentences.extend(text.splitlines())
+  if not sentences:
+    raise app.UsageError("give sentences with --text or --input")
+  return sentences
+
+
+def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+  for start in range(0, len(items), size):
+    yield items[start:start + size]
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only managers on every load
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from d2e2s_jax import inference  # pylint: disable=import-outside-toplevel  # heavy: jax, transformers
+
+  output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else None
+  tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output else None
+  try:
+    sentences = _read_input()
+    predictor = inference.Predictor.load(_WORKDIR.value, which=_WHICH.value, parser=_PARSER.value)
+    if output:
+      output.parent.mkdir(parents=True, exist_ok=True)
+    stream = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout  # pylint: disable=consider-using-with
+    errors = 0
+    try:
+      with tqdm(total=len(sentences), unit="sentence", desc="predict", disable=not _INPUT.value,
+                file=sys.stderr, dynamic_ncols=True) as progress:
+        for chunk in _chunks(sentences, max(_CHUNK.value, 1)):
+          for record in predictor.predict(chunk):
+            errors += "error" in record
+            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+          progress.update(len(chunk))
+    finally:
+      if tmp:
+        stream.close()
+    if tmp:
+      os.replace(tmp, output)
+  except (ValueError, OSError) as error:  # DataError, InferenceError and ParserError are ValueErrors
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+  finally:
+    if tmp and tmp.exists():
+      tmp.unlink()
+  if errors:
+    print(f"{errors} of {len(sentences)} sentence(s) could not be predicted (see their \"error\" field)",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main)
