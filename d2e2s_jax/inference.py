@@ -57,6 +57,7 @@ import shutil
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -278,7 +279,7 @@ class Predictor:
     boxed = jax.eval_shape(init, jax.random.key(config.seed))
     self.param_shardings = sharding.logical_shardings(boxed, self.mesh)
     abstract = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-                            trainer._unbox(boxed), self.param_shardings)  # pylint: disable=protected-access
+                            nn.meta.unbox(boxed), self.param_shardings)
     if params is not None:
       if _tree_paths(params) != _tree_paths(abstract):
         raise InferenceError(f"{source}: the parameters do not match the model built from the config")
