@@ -12,6 +12,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8").strip()
+# The suite's cost is XLA compilation of many small programs, not running them: LLVM's
+# optimisation level 0 halves the CPU time of a typical model test (measured 51 s -> 29 s)
+# and changes no result beyond the parity tolerances.
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
