@@ -12,14 +12,18 @@ into `Example`s in the D2E2S layout.
   `Doc`s. A parse cut into segments (a second ROOT entry) becomes one `Doc` with one
   sentence per segment. Examples without a parse, or whose parse words spaCy cannot
   hold (an empty word), are skipped and counted by reason.
-* `train_parser`: config from `spacy.cli.init_config` (the "efficiency" CNN tok2vec),
-  `DocBin` corpora in a temporary directory, `spacy.training.loop.train`; the checkpoint
-  with the best dev score (spaCy's default weighting of tag accuracy, UAS and LAS) is
-  saved with an atomic directory rename. Corpora are read with `gold_preproc`, i.e. on
-  the gold words, because the parser is used on pre-tokenized words.
+* `training_sentences`: drops repeated sentences and those of held-out splits (the
+  benchmark datasets share sentences across splits).
+* `train_parser`: config from `spacy.cli.init_config` (the "efficiency" CNN tok2vec,
+  with weight averaging turned on), `DocBin` corpora in a temporary directory,
+  `spacy.training.loop.train`; the checkpoint with the best dev score (spaCy's default
+  weighting of tag accuracy, UAS and LAS, as spaCy scores them: punctuation excluded)
+  is saved with an atomic directory rename. Corpora are read with `gold_preproc`, i.e.
+  on the gold words, because the parser is used on pre-tokenized words.
 * `evaluate_parser`: UAS / LAS / tag accuracy in percent on the gold words (the parser
   gets the gold tokenization), punctuation included.
-* `load_parser`, `parse_sentences`: for converting raw data (`experiments/convert.py`).
+* `load_parser`, `parse_sentences`, `read_text_sentences`, `convert_file`: parsing new
+  sentences and converting raw files (`experiments/convert.py`).
 """
 
 from __future__ import annotations
@@ -179,7 +183,7 @@ def parser_config(*, seed: int, max_steps: int, max_epochs: int = 0, eval_freque
 
 
 def train_parser(train_examples: Sequence[Example], dev_examples: Sequence[Example], output_dir: PathLike, *,
-                 seed: int = 0, max_steps: int = 2000, max_epochs: int = 0, eval_frequency: int = 200,
+                 seed: int = 0, max_steps: int = 2500, max_epochs: int = 0, eval_frequency: int = 200,
                  patience: int = 1600, width: int = 96, depth: int = 4, dropout: float = 0.1,
                  use_averages: bool = True, log: Optional[IO[str]] = None) -> TrainedParser:
   """Trains a tagger and a dependency parser from scratch on gold parses and saves it.

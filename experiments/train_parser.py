@@ -1,7 +1,7 @@
 """Trains the offline dependency parser (spaCy tagger + parser) on the benchmark parses.
 
   python -m experiments.train_parser --data_dir=../shared/data --output=DIR \
-      [--datasets=14lap,14res,15res,16res] [--max_steps=2000] [--seed=0]
+      [--datasets=14lap,14res,15res,16res] [--max_steps=2500] [--seed=0]
 
 Trains on the union of the datasets' train splits (D2E2S JSON gold parses) with every
 sentence that also occurs in a dev or test split of those datasets removed (the
@@ -32,7 +32,7 @@ from d2e2s_jax.data.readers import dataset_paths, read_examples
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Data root holding aste/<dataset>/.")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to save the spaCy pipeline to.", required=True)
 _DATASETS = flags.DEFINE_list("datasets", ["14lap", "14res", "15res", "16res"], "Datasets to train on.")
-_MAX_STEPS = flags.DEFINE_integer("max_steps", 2000, "Optimizer steps.")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", 2500, "Optimizer steps.")
 _EVAL_FREQUENCY = flags.DEFINE_integer("eval_frequency", 250, "Steps between dev evaluations.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 
