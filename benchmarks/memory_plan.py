@@ -17,7 +17,8 @@ at most 128 pieces never needs more; flags override them).
 
 Variants (`--variants`, comma-separated; default all):
 * `adamw_1dev`, `adamw_fsdp8`, `adamw_data2_fsdp4`: the guide's AdamW, float32
-  everything, on one device, `fsdp:8`, `data:2,fsdp:4`.
+  everything, on one device, `fsdp:8`, `data:2,fsdp:4`; `adamw_*_remat_*` the same with
+  the encoder's layers rematerialised.
 * `lean_*` (one device, float32 master weights kept): rematerialised encoder layers,
   bfloat16 compute, and a leaner optimizer state (see `LEAN_VARIANTS`).
 
@@ -52,7 +53,7 @@ import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from d2e2s_jax.models import d2e2s  # pylint: disable=wrong-import-position
+from d2e2s_jax.models import d2e2s, losses  # pylint: disable=wrong-import-position
 from d2e2s_jax.models.deberta_v2_config import DebertaV2Config  # pylint: disable=wrong-import-position
 from d2e2s_jax.training import optim, sharding, trainer  # pylint: disable=wrong-import-position
 from d2e2s_jax.training.config import TrainConfig  # pylint: disable=wrong-import-position
@@ -64,6 +65,10 @@ BASE_VARIANTS: Dict[str, Tuple[str, str, str, Dict[str, Any]]] = {
     "adamw_1dev": ("data:1", "none", "float32", {}),
     "adamw_fsdp8": ("fsdp:8", "none", "float32", {}),
     "adamw_data2_fsdp4": ("data:2,fsdp:4", "none", "float32", {}),
+    # The same AdamW state with the encoder's layers rematerialised (float32 throughout).
+    "adamw_1dev_remat_full": ("data:1", "full", "float32", {}),
+    "adamw_1dev_remat_dots": ("data:1", "dots", "float32", {}),
+    "adamw_fsdp8_remat_full": ("fsdp:8", "full", "float32", {}),
 }
 LEAN_VARIANTS: Dict[str, Tuple[str, str, str, Dict[str, Any]]] = {
     # AdamW's full state, only activations made lean.
@@ -82,7 +87,8 @@ LEAN_VARIANTS: Dict[str, Tuple[str, str, str, Dict[str, Any]]] = {
     "lean_full_bf16_factored_nomomentum": ("data:1", "full", "bfloat16", {"second_moment": "factored", "b1": 0.0}),
 }
 VARIANTS = {**BASE_VARIANTS, **LEAN_VARIANTS}
-GOALS_GIB = {"adamw_fsdp8": 7.0, "adamw_1dev": 38.0, "lean": 15.0}
+GOALS_GIB = {"adamw_fsdp8": 7.0, "adamw_fsdp8_remat_full": 7.0, "adamw_1dev": 38.0, "adamw_1dev_remat_full": 38.0,
+             "adamw_1dev_remat_dots": 38.0, "lean": 15.0}
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -101,6 +107,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   parser.add_argument("--pairs", type=int, default=64, help="P, padded pairs")
   parser.add_argument("--edges", type=int, default=640, help="E, padded graph edges")
   parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
+  parser.add_argument("--split_gradients", action="store_true",
+                      help="also compile loss + gradients alone: its temp is the activations' share")
   parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
   args = parser.parse_args(argv)
   args.variants = [name.strip() for name in args.variants.split(",") if name.strip()]
@@ -161,6 +169,28 @@ def shard_bytes(tree: Any, shardings: Any) -> int:
              for leaf, s in zip(leaves, sharding_leaves))
 
 
+def gradient_memory(model, model_config, abstract_state, abstract_batch, state_shardings) -> Dict[str, float]:
+  """Memory of the loss and gradients alone (no optimizer), to split the step's temp.
+
+  The gradients are the output here (laid out like the parameters), so `temp` is what
+  the forward and backward passes need besides them: activations kept for the
+  backward pass, rematerialised values, gathered weights.
+  """
+  def gradients(params, rng_data, batch):
+    def loss_fn(p):
+      outputs = model.apply({"params": p}, batch, deterministic=False,
+                            rngs={"dropout": jax.random.wrap_key_data(rng_data)})
+      return losses.d2e2s_loss(outputs, batch, model_config.kl_weight)[0]
+    return jax.grad(loss_fn)(params)
+
+  compiled = jax.jit(gradients, out_shardings=state_shardings.params).lower(
+      abstract_state.params, abstract_state.rng, abstract_batch).compile()
+  memory = compiled.memory_analysis()
+  return {"grads_only_argument_gib": memory.argument_size_in_bytes / GIB,
+          "grads_only_output_gib": memory.output_size_in_bytes / GIB,
+          "grads_only_temp_gib": memory.temp_size_in_bytes / GIB}
+
+
 def plan_variant(args: argparse.Namespace, name: str) -> Dict[str, float]:
   """Compiles the training step of one variant and returns its per-device memory figures."""
   mesh_spec, remat, compute_dtype, optimizer_overrides = VARIANTS[name]
@@ -193,6 +223,9 @@ def plan_variant(args: argparse.Namespace, name: str) -> Dict[str, float]:
   memory = compiled.memory_analysis()
 
   params = abstract_state.params
+  gradient_figures = {}
+  if args.split_gradients:
+    gradient_figures = gradient_memory(model, model_config, abstract_state, abstract_batch, state_shardings)
   figures = {
       "mesh": mesh_spec, "remat_policy": remat, "compute_dtype": compute_dtype,
       "optimizer": optimizer_config.second_moment + (f", moments {optimizer_config.moment_dtype}"
@@ -207,15 +240,17 @@ def plan_variant(args: argparse.Namespace, name: str) -> Dict[str, float]:
                    - memory.alias_size_in_bytes) / GIB,
       "params_gib": shard_bytes(params, state_shardings.params) / GIB,
       "encoder_params_gib": shard_bytes(params["encoder"], state_shardings.params["encoder"]) / GIB,
+      "head_params_gib": shard_bytes(params["head"], state_shardings.params["head"]) / GIB,
       "word_embeddings_gib": shard_bytes(params["encoder"]["embeddings"],
                                          state_shardings.params["encoder"]["embeddings"]) / GIB,
       "opt_state_gib": shard_bytes(abstract_state.opt_state, state_shardings.opt_state) / GIB,
       # Gradients: float32, laid out like the parameters (see the module docstring).
       "grads_gib": shard_bytes(params, state_shardings.params) / GIB,
-      "batch_gib": shard_bytes(abstract_batch, {k: batch_sharding for k in abstract_batch}) / GIB,
+      "batch_mib": shard_bytes(abstract_batch, {k: batch_sharding for k in abstract_batch}) / 2**20,
       "lower_s": lower_s,
       "compile_s": compile_s,
   }
+  figures.update(gradient_figures)
   # What XLA's temp holds beyond one gradient copy: activations, remat buffers, gathers.
   figures["temp_minus_grads_gib"] = figures["temp_gib"] - figures["grads_gib"]
   goal = GOALS_GIB.get(name, GOALS_GIB["lean"] if name.startswith("lean") else None)

@@ -34,8 +34,11 @@ ratios measured in one run rather than absolute figures across runs.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
-import itertools
+import glob
+import gzip
+import json
 import os
 import sys
 import time
@@ -70,6 +73,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   parser.add_argument("--full_epoch", action="store_true", help="step every batch of epoch 0 (all its shapes)")
   parser.add_argument("--dataset", default="14res")
   parser.add_argument("--data_dir", default=None, help=f"data root (default {common.DEFAULT_DATA_DIR})")
+  parser.add_argument("--profile_dir", default=None,
+                      help="write a jax.profiler trace of the timed training steps here and print its costliest ops")
   parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
   args = parser.parse_args(argv)
   args.configs = [name.strip() for name in args.configs.split(",") if name.strip()]
@@ -78,6 +83,25 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   if args.steps < 1 or args.eval_batches < 1 or args.batch < 1 or args.max_compiles < 1:
     parser.error("--steps, --eval_batches, --batch, --max_compiles must be >= 1")
   return args
+
+
+def top_ops(trace_dir: str, count: int = 15) -> List[List[Any]]:
+  """The events of a perfetto trace with the largest total duration: [[name, ms, calls], ...]."""
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True))
+  if not paths:
+    return []
+  with gzip.open(paths[-1], "rt") as f:
+    events = json.load(f)
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  totals: Dict[str, List[float]] = collections.defaultdict(lambda: [0.0, 0])
+  for event in events:
+    if event.get("ph") == "X" and "dur" in event:
+      totals[event["name"]][0] += event["dur"] / 1000
+      totals[event["name"]][1] += 1
+  ranked = sorted(totals.items(), key=lambda item: -item[1][0])[:count]
+  for op, (ms, calls) in ranked:
+    common.log(f"  {ms:10.1f} ms {calls:6d}x  {op}")
+  return [[op, ms, calls] for op, (ms, calls) in ranked]
 
 
 def block(tree: Any) -> Any:
@@ -129,6 +153,7 @@ def run_config(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
   compile_s: Dict[str, float] = {}
   rows: List[int] = []
   stepped = 0
+  profiling = False
   batch = first
   limit = steps_per_epoch if args.full_epoch else args.steps
   while True:
@@ -153,6 +178,9 @@ def run_config(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
       else:
         compile_s[shape] = step
         common.log(f"[{name}] compiled the train step for {shape} in {step:.1f} s")
+        if args.profile_dir and not profiling:
+          jax.profiler.start_trace(os.path.join(args.profile_dir, name), create_perfetto_trace=True)
+          profiling = True
     if stepped >= limit:
       break
     start = time.perf_counter()
@@ -160,6 +188,9 @@ def run_config(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
     if batch is None:
       break
     pieces["build"].append(time.perf_counter() - start)
+  if profiling:
+    jax.profiler.stop_trace()
+    figures["profile_top_ops"] = top_ops(os.path.join(args.profile_dir, name))
   if not pieces["step"]:
     raise SystemExit(f"[{name}] no training step was timed: the epoch has too few batches of compiled shapes")
   for piece, seconds in pieces.items():
@@ -183,16 +214,20 @@ def run_config(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
   chosen = [b for b in eval_list if b["input_ids"].shape == common_shape][:args.eval_batches + 1]
   predict_step = trainer.make_predict_step(model, mesh, state_shardings.params)
   eval_pieces: Dict[str, List[float]] = {"predict": [], "decode": []}
-  eval_rows = []
+  eval_rows, eval_on_pairs, eval_triplets = [], [], []
   for index, batch in enumerate(chosen):
     device_batch = block(sharding.shard_batch(batch, mesh))
     start = time.perf_counter()
     decoded = jax.device_get(predict_step(state.params, device_batch))
     predict = time.perf_counter() - start
     start = time.perf_counter()
-    decoding.decoded_triplets(decoded, batch["span_word_bounds"])
+    triplets = decoding.decoded_triplets(decoded, batch["span_word_bounds"])
     decoding.decoded_terms(decoded, batch["span_mask"], batch["span_word_bounds"])
     decode = time.perf_counter() - start
+    # The host's decoding cost grows with the pairs over the threshold (nearly all of them
+    # for random weights: sigmoid(~0) = 0.5 >= 0.4).
+    eval_on_pairs.append(int(np.asarray(decoded["sentiment_on"]).sum()))
+    eval_triplets.append(sum(len(row) for row in triplets))
     if index == 0:
       figures["eval_compile_s"] = predict
       continue
@@ -205,6 +240,8 @@ def run_config(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
     figures["eval_sentences_per_s"] = float(np.median(eval_rows)) / figures["eval_predict_s"]
     figures["decode_over_predict"] = figures["eval_decode_s"] / figures["eval_predict_s"]
     figures["eval_batches_timed"] = len(eval_pieces["predict"])
+    figures["eval_on_pairs_per_batch"] = float(np.median(eval_on_pairs[1:]))
+    figures["eval_triplets_per_batch"] = float(np.median(eval_triplets[1:]))
   figures["eval_shape"] = list(common_shape)
   return figures
 
