@@ -25,15 +25,22 @@ def _one_error_line(result, *fragments):
     assert fragment in lines[0], lines[0]
 
 
-def test_predict_text_with_the_bundle_parser(biased_bundle):  # noqa: F811
-  result = _run("experiments.predict", f"--workdir={biased_bundle}", "--text=the pizza was great .", "--text=")
+def test_predict_text_with_the_bundle_parser(biased_bundle, tmp_path):  # noqa: F811
+  sentences = tmp_path / "sentences.txt"
+  sentences.write_text("the staff is rude .\n\nthe wine list is long\n")
+  result = _run("experiments.predict", f"--workdir={biased_bundle}", "--text=the pizza was great .", "--text=",
+                f"--input={sentences}", "--input_format=text")
   assert result.returncode == 0, result.stderr
   records = [json.loads(line) for line in result.stdout.splitlines()]
-  assert len(records) == 2
+  assert len(records) == 5
   assert records[0]["tokens"] == ["the", "pizza", "was", "great", "."]
   assert records[0]["triplets"] and records[0]["triplets"][0]["sentiment"] == "POSITIVE"
   assert records[1] == {"text": "", "error": "sentence 1: empty sentence"}
-  assert "1 of 2 sentence(s) could not be predicted" in result.stderr
+  assert records[2]["text"] == "the staff is rude ." and records[2]["triplets"]
+  assert records[3] == {"text": "", "error": "sentence 3: empty sentence"}
+  assert records[4]["tokens"] == ["the", "wine", "list", "is", "long"]
+  assert "2 of 5 sentence(s) could not be predicted" in result.stderr
+  assert "predict: 100%" in result.stderr  # the progress bar of a file
 
 
 def test_predict_d2e2s_file_to_output(tiny_run, tmp_path):  # noqa: F811
