@@ -28,6 +28,25 @@ the figures as an estimate to within some 10-20%, not a guarantee. Gradient byte
 reported as one copy of the parameters in float32 with the parameters' sharding; XLA
 may keep them live in pieces (they are part of `temp`).
 
+Measured 2026-11-28 (jax 0.10.2 CPU, 8 fake devices; 1,736,873,182 parameters of
+which the head holds 172M, replicated; GiB per device, peak = arg + out + temp - alias):
+
+  variant                              peak    arg   temp  goal
+  adamw_1dev                          54.09  19.41  34.67  38 missed
+  adamw_1dev_remat_full               45.31  19.41  25.90  38 missed
+  adamw_fsdp8                         17.79   4.12  13.68   7 missed
+  adamw_fsdp8_remat_full               9.37   4.12   5.25   7 missed
+  adamw_data2_fsdp4                   16.64   6.30  10.34
+  lean_full_bf16_adamw_bf16moments    32.00  12.94  19.06  15 missed
+  lean_full_bf16_factored_bf16m       28.24  11.40  16.84  15 missed
+  lean_full_bf16_factored_nomomentum  22.47   8.17  14.31  15 missed
+
+With `--split_gradients`, adamw_1dev's loss + gradients alone need 21.70 GiB of temp
+besides the 6.47 GiB of gradients; the rest of the step's temp is the optimizer update,
+whose finite guard (`jnp.where(finite, new, old)` over the whole state) makes XLA
+materialise the new state before selecting it (a `lax.cond` guard does not, in a
+small experiment). Compiles took 2-8 minutes each on a loaded two-core machine.
+
   python benchmarks/memory_plan.py                       # xxlarge, every variant
   python benchmarks/memory_plan.py --layers 2 --vocab 1000 --hidden 64 --heads 2 \\
       --ffn 128 --head_hidden 32 --batch 8 --length 16 --variants adamw_fsdp8 --json

@@ -85,11 +85,15 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   return args
 
 
-def top_ops(trace_dir: str, count: int = 15) -> List[List[Any]]:
-  """The events of a perfetto trace with the largest total duration: [[name, ms, calls], ...]."""
+def top_ops(trace_dir: str, count: int = 12) -> Dict[str, List[List[Any]]]:
+  """The costliest events of a perfetto trace, as {"xla": [[name, ms, calls], ...], "host": [...]}.
+
+  "host" are the Python functions the profiler saw (names starting with "$"); "xla" the
+  compiled program's ops (a while loop's time includes its body's ops).
+  """
   paths = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True))
   if not paths:
-    return []
+    return {}
   with gzip.open(paths[-1], "rt") as f:
     events = json.load(f)
   events = events["traceEvents"] if isinstance(events, dict) else events
@@ -98,10 +102,17 @@ def top_ops(trace_dir: str, count: int = 15) -> List[List[Any]]:
     if event.get("ph") == "X" and "dur" in event:
       totals[event["name"]][0] += event["dur"] / 1000
       totals[event["name"]][1] += 1
-  ranked = sorted(totals.items(), key=lambda item: -item[1][0])[:count]
-  for op, (ms, calls) in ranked:
-    common.log(f"  {ms:10.1f} ms {calls:6d}x  {op}")
-  return [[op, ms, calls] for op, (ms, calls) in ranked]
+  ranked = sorted(totals.items(), key=lambda item: -item[1][0])
+  # Runtime wrappers span whole steps; they say nothing about where the time goes.
+  wrappers = ("ThunkExecutor", "PjitFunction", "PjRt", "$profiler", "block_until_ready", "$train_step")
+  result = {}
+  for kind, keep in (("xla", lambda name: not name.startswith("$")), ("host", lambda name: name.startswith("$"))):
+    rows = [[name, ms, calls] for name, (ms, calls) in ranked
+            if keep(name) and not any(wrapper in name for wrapper in wrappers)][:count]
+    for name, ms, calls in rows:
+      common.log(f"  {kind} {ms:10.1f} ms {calls:6d}x  {name}")
+    result[kind] = rows
+  return result
 
 
 def block(tree: Any) -> Any:
