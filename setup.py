@@ -30,6 +30,11 @@ TEST_REQUIRES = [
     "pytest==9.0.3",
     "pytest-xdist==3.8.0",
     "hypothesis==6.155.2",
+    # Executing the Colab notebooks in smoke mode (tests/test_notebooks.py).
+    "nbclient==0.11.0",
+    "nbformat==5.11.1",
+    "ipykernel==7.4.0",
+    "jupyter_client==8.10.0",
     # CPU build, the numerical reference for parity tests and benchmarks. Keep this exact
     # pin: a looser one pulls a CUDA build of several GB.
     "torch==2.13.0",

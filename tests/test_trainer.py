@@ -58,6 +58,7 @@ def test_train_and_evaluate_writes_every_output(tmp_path):
   assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
   assert list((tmp_path / "tensorboard").iterdir())
   assert (tmp_path / "checkpoints" / "config.json").is_file()
+  assert json.loads((tmp_path / "checkpoints" / "encoder_config.json").read_text())["hidden_size"] == 16
   assert (tmp_path / "checkpoints" / "tokenizer").is_dir()
   assert sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()) == ["3", "6"]
 
@@ -191,3 +192,38 @@ def test_train_seeds_table(tmp_path, monkeypatch):
   assert summary["summary"]["test"]["f1"] == {"mean": 52.0, "std": 1.0}
   assert "| test | 52.00 ± 1.00 | 52.00 ± 1.00 | 52.00 ± 1.00 |" in (tmp_path / "seeds.md").read_text()
   assert json.loads((tmp_path / "seeds.json").read_text())["summary"]["dev"]["f1"]["mean"] == 52.0
+
+
+def test_pretrained_encoder_directory_is_loaded_into_the_model(tmp_path):
+  """A local HF-format encoder (safetensors + SentencePiece tokenizer) becomes the model's encoder."""
+  import torch
+  import transformers
+  from d2e2s_jax import tokenization
+  from d2e2s_jax.data import synthetic
+  from d2e2s_jax.models import deberta_v2
+
+  encoder_dir = tmp_path / "encoder"
+  sentences = [" ".join(e.tokens) for e in synthetic.generate_synthetic_splits(0, {"train": 64})["train"]]
+  tokenization.train_sentencepiece_tokenizer(sentences, encoder_dir, vocab_size=200)
+  tokenizer = tokenization.load_tokenizer(encoder_dir)
+  hf_config = transformers.DebertaV2Config(
+      vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+      intermediate_size=32, relative_attention=True, position_buckets=16, pos_att_type=["p2c", "c2p"],
+      share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False, max_relative_positions=-1)
+  torch.manual_seed(0)
+  transformers.DebertaV2Model(hf_config).save_pretrained(encoder_dir)
+
+  config = config_lib.TrainConfig(**{**TINY, "encoder": str(encoder_dir)})
+  data = trainer.prepare_data(config, tmp_path / "run")
+  assert len(data.tokenizer) == len(tokenizer)
+  model, model_config, pretrained = trainer.build_model(config, data.tokenizer)
+  assert model_config.encoder.hidden_size == 16 and pretrained is not None
+  mesh = sharding.make_mesh("data:1")
+  batch_config = config.batch_config(data.tokenizer, training=True)
+  batch = next(batching.train_batches(data.encoded["train"], batch_config, 0, 0))
+  optimizer = optim.make_optimizer(config.optimizer_config(), 10)
+  state, shardings = trainer.create_train_state(model, optimizer, batch, 0, mesh)
+  state = trainer.with_pretrained_encoder(state, pretrained, shardings)
+  _, expected = deberta_v2.load_pretrained(str(encoder_dir))
+  for got, want in zip(jax.tree.leaves(state.params["encoder"]), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

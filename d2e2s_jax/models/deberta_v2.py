@@ -479,7 +479,7 @@ def param_logical_axes(model: DebertaV2Model) -> Any:
 # ----------------------------------------------------------------------------------------
 # Loading and saving HF-format checkpoints.
 
-_HUB_WEIGHT_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
+HUB_WEIGHT_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
                      "pytorch_model.bin"]
 
 
@@ -503,7 +503,7 @@ def load_pretrained(name_or_path: str, dtype: Dtype = jnp.float32, *, remat_poli
     ConversionError: the weights do not fit the config (names the directory and key).
   """
   from d2e2s_jax.models import deberta_v2_convert  # pylint: disable=import-outside-toplevel
-  directory = str(deberta_v2_hub.resolve_pretrained_directory(name_or_path, _HUB_WEIGHT_FILES))
+  directory = str(deberta_v2_hub.resolve_pretrained_directory(name_or_path, HUB_WEIGHT_FILES))
   config = DebertaV2Config.from_hf(directory)
   try:
     flat_params = deberta_v2_convert.hf_to_flax(deberta_v2_convert.read_state_dict(directory), config, ignore_keys)

@@ -43,7 +43,7 @@ from d2e2s_jax import tokenization
 from d2e2s_jax.data import batching, download, encoding, readers, synthetic
 from d2e2s_jax.data.examples import DataError, Example
 from d2e2s_jax.models import d2e2s, decoding, losses
-from d2e2s_jax.models import deberta_v2, deberta_v2_convert
+from d2e2s_jax.models import deberta_v2, deberta_v2_convert, deberta_v2_hub
 from d2e2s_jax.models.deberta_v2_config import DebertaV2Config
 from d2e2s_jax.training import checkpoints, metrics_log, optim, sharding
 from d2e2s_jax.training.config import SCRATCH, TrainConfig
@@ -135,7 +135,7 @@ def build_model(config: TrainConfig, tokenizer: Any) -> Tuple[d2e2s.D2E2S, d2e2s
   else:
     # Read as numpy and placed shard by shard later: a 1.5B-parameter encoder never has to
     # fit on one device (what `deberta_v2.load_pretrained` would do).
-    directory = deberta_v2.resolve_checkpoint_dir(config.encoder)
+    directory = deberta_v2_hub.resolve_pretrained_directory(config.encoder, deberta_v2.HUB_WEIGHT_FILES)
     encoder_config = DebertaV2Config.from_hf(directory)
     pretrained = deberta_v2_convert.hf_to_flax(deberta_v2_convert.read_state_dict(directory), encoder_config)
   model_config = config.model_config(encoder_config)
@@ -323,6 +323,9 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
 
   ckpts = checkpoints.Checkpoints(workdir)
   ckpts.save_config(config.to_json(), data.tokenizer)
+  # The encoder's architecture too, so that a checkpoint of a pretrained run can be
+  # rebuilt without the hub (d2e2s_jax/inference.py reads it).
+  _write_json_atomic(ckpts.directory / "encoder_config.json", model_config.encoder.to_hf_dict())
   restored = ckpts.restore_latest(checkpoints.abstract_like(state))
   best: Optional[Dict[str, Any]] = None
   if restored is not None:
