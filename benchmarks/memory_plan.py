@@ -40,12 +40,18 @@ which the head holds 172M, replicated; GiB per device, peak = arg + out + temp -
   lean_full_bf16_adamw_bf16moments    32.00  12.94  19.06  15 missed
   lean_full_bf16_factored_bf16m       28.24  11.40  16.84  15 missed
   lean_full_bf16_factored_nomomentum  22.47   8.17  14.31  15 missed
+  lean_..._nomomentum_noclip          24.57   8.17  16.40  15 missed
+  --guard cond adamw_1dev_remat_full  32.41  19.41  13.00  38 met
+  --guard cond adamw_fsdp8_remat_full  6.82   4.12   2.71   7 met
+  --guard cond lean_..._nomomentum    25.89   8.17  17.72  15 missed
 
 With `--split_gradients`, adamw_1dev's loss + gradients alone need 21.70 GiB of temp
 besides the 6.47 GiB of gradients; the rest of the step's temp is the optimizer update,
 whose finite guard (`jnp.where(finite, new, old)` over the whole state) makes XLA
-materialise the new state before selecting it (a `lax.cond` guard does not, in a
-small experiment). Compiles took 2-8 minutes each on a loaded two-core machine.
+materialise the new state before selecting it; `--guard cond` (the update inside
+`lax.cond`) removes that for AdamW but not for the factored optimizer, whose plan the
+CPU compiler changes non-monotonically (dropping clipping made it larger). Compiles
+took 1.5-8 minutes each on a loaded two-core machine.
 
   python benchmarks/memory_plan.py                       # xxlarge, every variant
   python benchmarks/memory_plan.py --layers 2 --vocab 1000 --hidden 64 --heads 2 \\
@@ -104,6 +110,9 @@ LEAN_VARIANTS: Dict[str, Tuple[str, str, str, Dict[str, Any]]] = {
                                       {"second_moment": "factored", "moment_dtype": "bfloat16"}),
     # Adafactor-like: factored second moment and no first moment at all (b1 = 0).
     "lean_full_bf16_factored_nomomentum": ("data:1", "full", "bfloat16", {"second_moment": "factored", "b1": 0.0}),
+    # Same without gradient clipping: how much of the update's temp the clipped copy costs.
+    "lean_full_bf16_factored_nomomentum_noclip": ("data:1", "full", "bfloat16",
+                                                  {"second_moment": "factored", "b1": 0.0, "max_grad_norm": 0.0}),
 }
 VARIANTS = {**BASE_VARIANTS, **LEAN_VARIANTS}
 GOALS_GIB = {"adamw_fsdp8": 7.0, "adamw_fsdp8_remat_full": 7.0, "adamw_1dev": 38.0, "adamw_1dev_remat_full": 38.0,
