@@ -10,6 +10,7 @@ non-zero exit; checkpoints and logs already written stay.
 """
 
 import dataclasses
+import os
 import sys
 import typing
 
@@ -104,6 +105,9 @@ def _define_config_flags() -> None:
 _define_config_flags()
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.", required=True)
 flags.DEFINE_list("seeds", [], "Several seeds: one run per seed and a mean/std table (overrides --seed).")
+flags.DEFINE_string("compilation_cache_dir", "~/.cache/d2e2s_jax/xla",
+                    "Persistent XLA compilation cache (reruns, resumes and --seeds skip recompiling); "
+                    "empty disables it.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: address of process 0 for jax.distributed.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -132,6 +136,10 @@ def main(argv):
   if FLAGS.coordinator_address:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.compilation_cache_dir:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   from d2e2s_jax.data import download  # pylint: disable=g-import-not-at-top
   from d2e2s_jax.training import trainer  # pylint: disable=g-import-not-at-top  # heavy
   try:

@@ -180,6 +180,21 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeyp
   assert [r["skipped_steps"] for r in records] == [1, 2]
   assert not (tmp_path / "results.json").exists()
 
+  # A skipped step leaves parameters and optimizer state exactly as they were.
+  data = trainer.prepare_data(config, tmp_path)
+  mesh = sharding.make_mesh("data:1")
+  model, model_config, _ = trainer.build_model(config, data.tokenizer)
+  batch = next(batching.train_batches(data.encoded["train"], config.batch_config(data.tokenizer, True), 0, 0))
+  optimizer = optim.make_optimizer(config.optimizer_config(), 10)
+  state, shardings = trainer.create_train_state(model, optimizer, batch, 0, mesh)
+  before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+  step_fn = trainer.make_train_step(model, optimizer, optim.learning_rate_schedule(config.optimizer_config(), 10),
+                                    model_config, 1, mesh, shardings)
+  state, metrics = step_fn(state, sharding.shard_batch(batch, mesh))
+  assert bool(metrics["skipped"]) and int(state.step) == 1 and int(state.consecutive_skips) == 1
+  for got, want in zip(jax.tree.leaves((state.params, state.opt_state)), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(np.asarray(got), want)
+
 
 def test_train_seeds_table(tmp_path, monkeypatch):
   def fake_run(config, workdir):

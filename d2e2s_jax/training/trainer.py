@@ -207,14 +207,20 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep_if = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    def apply_update(_):
+      updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+      return optax.apply_updates(state.params, updates), new_opt_state
+
+    # A branch, not jnp.where over the whole state: with `where` XLA materialises the new
+    # state beside the old one (13 GiB more on the xxlarge model, benchmarks/memory_plan.py).
+    new_params, new_opt_state = jax.lax.cond(finite, apply_update, lambda _: (state.params, state.opt_state),
+                                             None)
     consecutive = jnp.where(finite, 0, state.consecutive_skips + 1)
     new_state = state.replace(
         step=state.step + 1,
-        params=keep_if(new_params, state.params),
-        opt_state=keep_if(new_opt_state, state.opt_state),
+        params=new_params,
+        opt_state=new_opt_state,
         consecutive_skips=consecutive,
         max_consecutive_skips=jnp.maximum(state.max_consecutive_skips, consecutive),
         total_skips=state.total_skips + (~finite).astype(jnp.int32),
