@@ -135,8 +135,6 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   parser.add_argument("--pairs", type=int, default=64, help="P, padded pairs")
   parser.add_argument("--edges", type=int, default=640, help="E, padded graph edges")
   parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
-  parser.add_argument("--guard", choices=("where", "cond"), default="where",
-                      help="where: the trainer's step as is; cond: what-if with a lax.cond finite guard")
   parser.add_argument("--split_gradients", action="store_true",
                       help="also compile loss + gradients alone: its temp is the activations' share")
   parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
@@ -199,39 +197,6 @@ def shard_bytes(tree: Any, shardings: Any) -> int:
              for leaf, s in zip(leaves, sharding_leaves))
 
 
-def cond_guarded_train_step(model, optimizer, model_config, state_shardings, mesh):
-  """What-if: the trainer's step with its finite guard as `lax.cond` instead of `jnp.where`.
-
-  Only for `--guard cond`, to size a proposed change to `trainer.make_train_step`: the
-  optimizer update runs inside the true branch, so the new state is written once instead
-  of being materialised next to the old one and then selected. Metrics are trimmed to
-  the loss (they are scalars and do not change the memory plan).
-  """
-  def train_step(state, batch):
-    dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-    def loss_fn(params):
-      outputs = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": dropout_rng})
-      return losses.d2e2s_loss(outputs, batch, model_config.kl_weight)
-
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-
-    def update(_):
-      updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-      return optax.apply_updates(state.params, updates), new_opt_state
-
-    params, opt_state = jax.lax.cond(finite, update, lambda _: (state.params, state.opt_state), None)
-    skipped = (~finite).astype(jnp.int32)
-    consecutive = jnp.where(finite, 0, state.consecutive_skips + 1)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, consecutive_skips=consecutive,
-                         max_consecutive_skips=jnp.maximum(state.max_consecutive_skips, consecutive),
-                         total_skips=state.total_skips + skipped), {"loss": loss}
-
-  return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-
-
 def gradient_memory(model, model_config, abstract_state, abstract_batch, state_shardings) -> Dict[str, float]:
   """Memory of the loss and gradients alone (no optimizer), to split the step's temp.
 
@@ -278,10 +243,7 @@ def plan_variant(args: argparse.Namespace, name: str) -> Dict[str, float]:
   batch_sharding = sharding.batch_sharding(mesh)
   abstract_batch = {key: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=batch_sharding)
                     for key, leaf in plain_batch.items()}
-  if args.guard == "cond":
-    step = cond_guarded_train_step(model, optimizer, model_config, state_shardings, mesh)
-  else:
-    step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings)
+  step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings)
   lowered = step.lower(abstract_state, abstract_batch)
   lower_s = time.perf_counter() - start
   compiled = lowered.compile()
@@ -293,7 +255,7 @@ def plan_variant(args: argparse.Namespace, name: str) -> Dict[str, float]:
   if args.split_gradients:
     gradient_figures = gradient_memory(model, model_config, abstract_state, abstract_batch, state_shardings)
   figures = {
-      "mesh": mesh_spec, "guard": args.guard, "remat_policy": remat, "compute_dtype": compute_dtype,
+      "mesh": mesh_spec, "remat_policy": remat, "compute_dtype": compute_dtype,
       "optimizer": optimizer_config.second_moment + (f", moments {optimizer_config.moment_dtype}"
                                                      if optimizer_config.moment_dtype else "")
                    + (", no first moment" if optimizer_config.b1 == 0 else ""),

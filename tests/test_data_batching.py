@@ -167,6 +167,24 @@ def test_every_batch_with_the_same_length_bucket_has_the_same_shape():
   assert all(len(per_length) == 1 for per_length in shapes.values())
 
 
+def test_merged_plans_share_shapes_and_prepared_batches_are_identical():
+  first = batching.ShapePlan.measure([10, 40, 23], [(30, 2, 50), (200, 9, 100), (90, 30, 60)])
+  second = batching.ShapePlan.measure([12, 30], [(100, 5, 40), (20, 1, 10)])
+  merged = first.merge(second)
+  for seq_len in (8, 10, 12, 20, 23, 30, 40, 64):
+    np.testing.assert_array_equal(merged.bounds(seq_len),
+                                  np.maximum(first.bounds(seq_len), second.bounds(seq_len)))
+  encoded = _encoded(_dataset(20))
+  config = batching.BatchConfig(batch_size=3, max_span_size=4, neg_entity_count=5, pad_token_id=PAD_ID)
+  for make, train in ((lambda p: batching.train_batches(encoded, config, 1, 0, prepared=p), True),
+                      (lambda p: batching.eval_batches(encoded, config, prepared=p), False)):
+    prepared = batching.plan_dataset(encoded, config, train=train)
+    for plain, reused in zip(make(None), make(prepared), strict=True):
+      assert plain.keys() == reused.keys()
+      for key in plain:
+        np.testing.assert_array_equal(plain[key], reused[key])
+
+
 def _gold_round_trip(encoded, config):
   recovered = {}
   for batch in batching.train_batches(encoded, config, epoch=0, seed=0):

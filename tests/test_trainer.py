@@ -65,6 +65,11 @@ def test_train_and_evaluate_writes_every_output(tmp_path):
   # One compilation of the train step per distinct batch shape, none more.
   data = trainer.prepare_data(config, tmp_path)
   assert results["train_step_compilations"] == len(_train_shapes(data, config, 6))
+  # Dev and test share one shape plan: one predict compilation per length bucket.
+  eval_config = config.batch_config(data.tokenizer, training=False)
+  lengths = {batch["input_ids"].shape for split in ("dev", "test")
+             for batch in batching.eval_batches(data.encoded[split], eval_config)}
+  assert results["predict_step_compilations"] == len(lengths)
 
 
 def _first_losses(config, data, mesh_spec, steps=3):

@@ -136,11 +136,21 @@ class ShapePlan:
     running_max = np.maximum.accumulate(needs[order], axis=0) if len(order) else np.zeros((0, 3), np.int64)
     return cls(lengths=lengths[order], running_max=running_max)
 
-  def size(self, axis: int, seq_len: int, need: int) -> int:
+  def bounds(self, seq_len: int) -> np.ndarray:
+    """The largest (spans, pairs, edges) needs among sentences of at most `seq_len` pieces."""
     count = int(np.searchsorted(self.lengths, seq_len, side="right"))
-    bound = int(self.running_max[count - 1, axis]) if count else 0
+    return self.running_max[count - 1] if count else np.zeros(3, np.int64)
+
+  def size(self, axis: int, seq_len: int, need: int) -> int:
     # max with the need guards against a batch the plan was not measured on.
-    return _round_up(max(bound, need, 1), _AXIS_QUANTUM)
+    return _round_up(max(int(self.bounds(seq_len)[axis]), need, 1), _AXIS_QUANTUM)
+
+  def merge(self, other: "ShapePlan") -> "ShapePlan":
+    """The plan of two datasets together (e.g. dev and test, so they share compiled shapes)."""
+    lengths = np.union1d(self.lengths, other.lengths)
+    running_max = np.asarray([np.maximum(self.bounds(length), other.bounds(length)) for length in lengths],
+                             dtype=np.int64).reshape(-1, 3)
+    return ShapePlan(lengths=lengths, running_max=running_max)
 
 
 def _round_up(value: int, quantum: int) -> int:
@@ -286,10 +296,18 @@ def train_order(lengths: Sequence[int], config: BatchConfig, epoch: int, seed: i
   return batches
 
 
-def train_batches(encoded: Sequence[EncodedExample], config: BatchConfig, epoch: int, seed: int) -> Iterator[Batch]:
-  """Yields one epoch of training batches (see the module docstring)."""
+Prepared = Tuple[List[graphs.Edges], ShapePlan]
+
+
+def train_batches(encoded: Sequence[EncodedExample], config: BatchConfig, epoch: int, seed: int,
+                  prepared: Optional[Prepared] = None) -> Iterator[Batch]:
+  """Yields one epoch of training batches (see the module docstring).
+
+  `prepared` is `plan_dataset(encoded, config, train=True)`, computed once by a caller
+  that runs many epochs; by default it is computed here.
+  """
   _check_indices(encoded)
-  edges, plan = plan_dataset(encoded, config, train=True)
+  edges, plan = prepared or plan_dataset(encoded, config, train=True)
   for indices in train_order([item.num_pieces for item in encoded], config, epoch, seed):
     rows = []
     for index in indices:
@@ -302,10 +320,15 @@ def train_batches(encoded: Sequence[EncodedExample], config: BatchConfig, epoch:
     yield _assemble(rows, config, plan, with_pairs=True)
 
 
-def eval_batches(encoded: Sequence[EncodedExample], config: BatchConfig) -> Iterator[Batch]:
-  """Yields every sentence once, in order, with all candidate spans (see module docstring)."""
+def eval_batches(encoded: Sequence[EncodedExample], config: BatchConfig,
+                 prepared: Optional[Prepared] = None) -> Iterator[Batch]:
+  """Yields every sentence once, in order, with all candidate spans (see module docstring).
+
+  `prepared` is `plan_dataset(encoded, config, train=False)`, possibly with its plan
+  merged with another split's (`ShapePlan.merge`) so both splits share compiled shapes.
+  """
   _check_indices(encoded)
-  edges, plan = plan_dataset(encoded, config, train=False)
+  edges, plan = prepared or plan_dataset(encoded, config, train=False)
   order = list(encoded)
   if config.eval_sort_by_length:
     order.sort(key=lambda item: item.num_pieces)

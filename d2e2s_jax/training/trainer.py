@@ -261,10 +261,11 @@ def make_predict_step(model: nn.Module, mesh: jax.sharding.Mesh, param_shardings
 
 
 def predict_examples(predict_step, params: Any, encoded: Sequence[encoding.EncodedExample],
-                     batch_config: batching.BatchConfig, mesh: jax.sharding.Mesh):
+                     batch_config: batching.BatchConfig, mesh: jax.sharding.Mesh,
+                     prepared: Optional[batching.Prepared] = None):
   """Decoded (triplets, aspect spans, opinion spans) for every encoded sentence, in order."""
   results: List[Optional[Tuple[set, set, set]]] = [None] * len(encoded)
-  for batch in batching.eval_batches(encoded, batch_config):
+  for batch in batching.eval_batches(encoded, batch_config, prepared):
     device_batch = sharding.shard_batch(batch, mesh)
     decoded = jax.device_get(predict_step(params, device_batch))
     triplet_sets = decoding.decoded_triplets(decoded, batch["span_word_bounds"])
@@ -276,11 +277,11 @@ def predict_examples(predict_step, params: Any, encoded: Sequence[encoding.Encod
 
 def evaluate(predict_step, params: Any, examples: Sequence[Example],
              encoded: Sequence[encoding.EncodedExample], batch_config: batching.BatchConfig,
-             mesh: jax.sharding.Mesh) -> Dict[str, Dict[str, float]]:
+             mesh: jax.sharding.Mesh, prepared: Optional[batching.Prepared] = None) -> Dict[str, Dict[str, float]]:
   """Triplet, aspect and opinion scores on a full split (gold: the untruncated examples)."""
   scorer = evaluation.TripletScorer()
   for example, (triplets, aspects, opinions) in zip(
-      examples, predict_examples(predict_step, params, encoded, batch_config, mesh)):
+      examples, predict_examples(predict_step, params, encoded, batch_config, mesh, prepared)):
     scorer.add(example.triplets, triplets, predicted_aspects=aspects, predicted_opinions=opinions)
   return evaluation.scores_as_dict(scorer.result())
 
@@ -322,7 +323,15 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
   optimizer = optim.make_optimizer(optimizer_config, updates)
   schedule = optim.learning_rate_schedule(optimizer_config, updates)
 
-  first_batch = next(batching.train_batches(data.encoded["train"], train_batch_config, 0, config.seed))
+  # Graphs and shape plans once per run, not per epoch; dev and test share one plan so
+  # the predict step compiles once per length bucket for both.
+  train_prepared = batching.plan_dataset(data.encoded["train"], train_batch_config, train=True)
+  eval_prepared = {split: batching.plan_dataset(data.encoded[split], eval_batch_config, train=False)
+                   for split in ("dev", "test")}
+  eval_plan = eval_prepared["dev"][1].merge(eval_prepared["test"][1])
+  eval_prepared = {split: (edges, eval_plan) for split, (edges, _) in eval_prepared.items()}
+  first_batch = next(batching.train_batches(data.encoded["train"], train_batch_config, 0, config.seed,
+                                            train_prepared))
   state, state_shardings = create_train_state(model, optimizer, first_batch, config.seed, mesh)
   if pretrained is not None:
     state = with_pretrained_encoder(state, pretrained, state_shardings)
@@ -348,10 +357,10 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
   def run_eval(step: int) -> None:
     nonlocal best
     scores = {"dev": evaluate(predict_step, state.params, data.examples["dev"], data.encoded["dev"],
-                              eval_batch_config, mesh)}
+                              eval_batch_config, mesh, eval_prepared["dev"])}
     if config.evaluate_test:
       scores["test"] = evaluate(predict_step, state.params, data.examples["test"], data.encoded["test"],
-                                eval_batch_config, mesh)
+                                eval_batch_config, mesh, eval_prepared["test"])
     for split, split_scores in scores.items():
       log.write(step, split, split_scores)
     dev_f1 = scores["dev"]["triplet"]["f1"]
@@ -365,7 +374,8 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
   try:
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
-      epoch_batches = batching.train_batches(data.encoded["train"], train_batch_config, epoch, config.seed)
+      epoch_batches = batching.train_batches(data.encoded["train"], train_batch_config, epoch, config.seed,
+                                             train_prepared)
       for batch in itertools.islice(epoch_batches, offset, steps_per_epoch):
         state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
         step += 1
