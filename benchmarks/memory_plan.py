@@ -29,29 +29,25 @@ reported as one copy of the parameters in float32 with the parameters' sharding;
 may keep them live in pieces (they are part of `temp`).
 
 Measured 2026-11-28 (jax 0.10.2 CPU, 8 fake devices; 1,736,873,182 parameters of
-which the head holds 172M, replicated; GiB per device, peak = arg + out + temp - alias):
+which the head holds 172M, replicated; GiB per device, peak = arg + out + temp - alias).
+With the trainer's step as it is now (finite guard as `lax.cond`):
 
   variant                              peak    arg   temp  goal
-  adamw_1dev                          54.09  19.41  34.67  38 missed
-  adamw_1dev_remat_full               45.31  19.41  25.90  38 missed
-  adamw_fsdp8                         17.79   4.12  13.68   7 missed
-  adamw_fsdp8_remat_full               9.37   4.12   5.25   7 missed
-  adamw_data2_fsdp4                   16.64   6.30  10.34
-  lean_full_bf16_adamw_bf16moments    32.00  12.94  19.06  15 missed
-  lean_full_bf16_factored_bf16m       28.24  11.40  16.84  15 missed
-  lean_full_bf16_factored_nomomentum  22.47   8.17  14.31  15 missed
-  lean_..._nomomentum_noclip          24.57   8.17  16.40  15 missed
-  --guard cond adamw_1dev_remat_full  32.41  19.41  13.00  38 met
-  --guard cond adamw_fsdp8_remat_full  6.82   4.12   2.71   7 met
-  --guard cond lean_..._nomomentum    25.89   8.17  17.72  15 missed
+  adamw_1dev_remat_full               32.41  19.41  13.00  38 met
+  adamw_fsdp8_remat_full               6.82   4.12   2.71   7 met
+  adamw_data2_fsdp4                   14.77   6.30   8.47
+  lean_full_bf16_factored_nomomentum  25.89   8.17  17.72  15 missed
 
-With `--split_gradients`, adamw_1dev's loss + gradients alone need 21.70 GiB of temp
-besides the 6.47 GiB of gradients; the rest of the step's temp is the optimizer update,
-whose finite guard (`jnp.where(finite, new, old)` over the whole state) makes XLA
-materialise the new state before selecting it; `--guard cond` (the update inside
-`lax.cond`) removes that for AdamW but not for the factored optimizer, whose plan the
-CPU compiler changes non-monotonically (dropping clipping made it larger). Compiles
-took 1.5-8 minutes each on a loaded two-core machine.
+Earlier, with the guard as `jnp.where(finite, new, old)` over the whole state (XLA kept
+the new state beside the old one): adamw_1dev 54.09, adamw_1dev_remat_full 45.31,
+adamw_fsdp8 17.79, adamw_fsdp8_remat_full 9.37, adamw_data2_fsdp4 16.64,
+lean_full_bf16_adamw_bf16moments 32.00, lean_full_bf16_factored_bf16m 28.24,
+lean_full_bf16_factored_nomomentum 22.47 (the CPU compiler's plan for the factored
+optimizer is not monotone: the branch made it larger). With `--split_gradients`,
+adamw_1dev's loss + gradients alone need 21.70 GiB of temp besides the 6.47 GiB of
+gradients. float32 master weights plus float32 gradients are 12.9 GiB on one device, so
+the 15 GiB lean goal needs bfloat16 gradients or per-layer optimizer updates. Compiles
+took 20-40 s each on an idle two-core machine (1.5-8 minutes under load).
 
   python benchmarks/memory_plan.py                       # xxlarge, every variant
   python benchmarks/memory_plan.py --layers 2 --vocab 1000 --hidden 64 --heads 2 \\
