@@ -72,7 +72,6 @@ if __name__ == "__main__" or "jax" not in sys.modules:
 
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
-import optax  # pylint: disable=wrong-import-position
 
 from d2e2s_jax.models import d2e2s, losses  # pylint: disable=wrong-import-position
 from d2e2s_jax.models.deberta_v2_config import DebertaV2Config  # pylint: disable=wrong-import-position

@@ -55,7 +55,7 @@ import os
 import pathlib
 import shutil
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from d2e2s_jax import fileio
 from d2e2s_jax import tokenization
 from d2e2s_jax.data import batching, encoding
 from d2e2s_jax.data.examples import DataError, Example
@@ -471,7 +472,7 @@ class Predictor:
         _save_parser(parser, staging / PARSER_DIR)
       meta = {"format": BUNDLE_FORMAT, "source": self.source, "parser": parser is not None, **(provenance or {})}
       (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-      _replace_directory(staging, output_dir)
+      fileio.replace_directory(staging, output_dir)
     finally:
       if staging.exists():
         shutil.rmtree(staging)
@@ -504,21 +505,6 @@ def _row_triplets(decoded: Dict[str, np.ndarray], span_word_bounds: np.ndarray, 
                      "sentiment": sentiment, "score": float(probs[pair, output])})
   triplets.sort(key=lambda t: (t["aspect"], t["opinion"], t["sentiment"]))
   return triplets
-
-
-def _replace_directory(staging: pathlib.Path, output_dir: pathlib.Path) -> None:
-  """Renames `staging` to `output_dir`; an old bundle there is removed only after the swap."""
-  if not output_dir.exists():
-    os.rename(staging, output_dir)
-    return
-  backup = output_dir.with_name(f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}")
-  os.rename(output_dir, backup)
-  try:
-    os.rename(staging, output_dir)
-  except OSError:
-    os.rename(backup, output_dir)
-    raise
-  shutil.rmtree(backup)
 
 
 # -------------------------------------------------------------- config loading

@@ -31,13 +31,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
-import os
 import pathlib
 import shutil
 import tempfile
-import uuid
 from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from d2e2s_jax import fileio
 from d2e2s_jax.data import parses
 from d2e2s_jax.data.examples import DataError, Example
 
@@ -252,7 +251,8 @@ def train_parser(train_examples: Sequence[Example], dev_examples: Sequence[Examp
     best_path = work / _TRAINING_SUBDIR / DIR_MODEL_BEST
     staging = work / "pipeline"
     shutil.copytree(best_path, staging)
-    _replace_directory(staging, output_dir)
+    _check_replaceable(output_dir)
+    fileio.replace_directory(staging, output_dir)
   return TrainedParser(nlp=spacy.load(output_dir), path=output_dir, train_docs=len(train_gold.docs),
                        dev_docs=len(dev_gold.docs), skipped=dict(skipped))
 
@@ -266,22 +266,6 @@ def _check_replaceable(output_dir: pathlib.Path) -> None:
   if any(output_dir.iterdir()) and not (output_dir / "config.cfg").is_file():
     raise ParserError(f"{output_dir}: exists and is not a spaCy pipeline directory (no config.cfg); "
                       f"not overwriting it")
-
-
-def _replace_directory(staging: pathlib.Path, output_dir: pathlib.Path) -> None:
-  """Renames `staging` to `output_dir`, replacing a pipeline there only once the new one is in place."""
-  _check_replaceable(output_dir)
-  if not output_dir.exists():
-    os.rename(staging, output_dir)
-    return
-  backup = output_dir.with_name(f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}")
-  os.rename(output_dir, backup)
-  try:
-    os.rename(staging, output_dir)
-  except OSError:
-    os.rename(backup, output_dir)
-    raise
-  shutil.rmtree(backup)
 
 
 def evaluate_parser(nlp: Any, examples: Sequence[Example]) -> Dict[str, Any]:
@@ -465,13 +449,5 @@ def convert_file(input_path: PathLike, input_format: str, output_path: PathLike,
     stem = pathlib.Path(input_path).stem
     parsed = parse_sentences(nlp, sentences, ids=[f"{stem}:{number}" for number in line_numbers])
   output_path = pathlib.Path(output_path)
-  output_path.parent.mkdir(parents=True, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".tmp")
-  os.close(handle)
-  try:
-    writers.write_examples(parsed, temporary, "d2e2s")
-    os.replace(temporary, output_path)
-  except BaseException:
-    os.unlink(temporary)
-    raise
+  fileio.write_atomic(output_path, lambda temporary: writers.write_examples(parsed, temporary, "d2e2s"))
   return {"input": str(input_path), "output": str(output_path), "sentences": len(parsed), "skipped": len(errors)}

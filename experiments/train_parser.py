@@ -15,16 +15,15 @@ prints one line naming the file and the record to stderr and exits with status 1
 """
 
 import json
-import os
 import pathlib
 import sys
-import tempfile
 import time
 from typing import Sequence
 
 from absl import app
 from absl import flags
 
+from d2e2s_jax import fileio
 from d2e2s_jax import parsing
 from d2e2s_jax.data.examples import DataError
 from d2e2s_jax.data.readers import dataset_paths, read_examples
@@ -72,15 +71,8 @@ def run(data_dir: str, output: str, datasets: Sequence[str], *, max_steps: int, 
                   "skipped": trained.skipped, "max_steps": max_steps, "seed": seed,
                   "train_seconds": round(train_seconds, 1),
                   "note": "percent over every word, punctuation included, on the gold words"})
-  _write_json_atomically(pathlib.Path(output) / "metrics.json", metrics)
+  fileio.write_json_atomic(pathlib.Path(output) / "metrics.json", metrics)
   return metrics
-
-
-def _write_json_atomically(path: pathlib.Path, value: dict) -> None:
-  with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
-                                   encoding="utf-8") as handle:
-    json.dump(value, handle, indent=2)
-  os.replace(handle.name, path)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ kept its load average near 7, so it stays in the default run.
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 

@@ -17,13 +17,14 @@ on one mesh restores onto another.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from typing import Any, Mapping, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
+
+from d2e2s_jax import fileio
 
 
 def _manager(directory: pathlib.Path, max_to_keep: int, best: bool) -> ocp.CheckpointManager:
@@ -48,9 +49,7 @@ class Checkpoints:
 
   def save_config(self, config: Mapping[str, Any], tokenizer: Any = None) -> None:
     """Writes the run's config (and tokenizer) beside the checkpoints."""
-    tmp = self.directory / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    tmp.replace(self.directory / "config.json")
+    fileio.write_json_atomic(self.directory / "config.json", config)
     if tokenizer is not None:
       tokenizer.save_pretrained(str(self.directory / "tokenizer"))
 

@@ -15,6 +15,8 @@ import os
 import pathlib
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
+from d2e2s_jax import fileio
+
 
 def _flatten(prefix: str, value: Any, out: Dict[str, float]) -> None:
   if isinstance(value, Mapping):
@@ -35,9 +37,7 @@ class MetricsLog:
       self.path.write_text("")
     else:
       kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
-      tmp = self.path.with_suffix(".jsonl.tmp")
-      tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-      tmp.replace(self.path)
+      fileio.write_text_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     self._writer = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top

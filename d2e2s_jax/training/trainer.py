@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 import pathlib
@@ -39,6 +38,7 @@ import numpy as np
 import optax
 
 from d2e2s_jax import evaluation
+from d2e2s_jax import fileio
 from d2e2s_jax import tokenization
 from d2e2s_jax.data import batching, download, encoding, readers, synthetic
 from d2e2s_jax.data.examples import DataError, Example
@@ -289,12 +289,6 @@ def evaluate(predict_step, params: Any, examples: Sequence[Example],
 # -------------------------------------------------------------------------- loop
 
 
-def _write_json_atomic(path: pathlib.Path, value: Any) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-  tmp.replace(path)
-
-
 def _progress(total: int, initial: int, enabled: bool):
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step",
@@ -340,7 +334,7 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
   ckpts.save_config(config.to_json(), data.tokenizer)
   # The encoder's architecture too, so that a checkpoint of a pretrained run can be
   # rebuilt without the hub (d2e2s_jax/inference.py reads it).
-  _write_json_atomic(ckpts.directory / "encoder_config.json", model_config.encoder.to_hf_dict())
+  fileio.write_json_atomic(ckpts.directory / "encoder_config.json", model_config.encoder.to_hf_dict())
   restored = ckpts.restore_latest(checkpoints.abstract_like(state))
   best: Optional[Dict[str, Any]] = None
   if restored is not None:
@@ -417,7 +411,7 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
       "train_step_compilations": train_step.trace_count(),
       "predict_step_compilations": predict_step.trace_count(),
   }
-  _write_json_atomic(workdir / "results.json", results)
+  fileio.write_json_atomic(workdir / "results.json", results)
   metrics_log.plot_curves(metrics_log.read_metrics(log.path), workdir / "curves.png")
   return results
 
@@ -447,6 +441,6 @@ def train_seeds(config: TrainConfig, workdir: os.PathLike, seeds: Sequence[int])
     cells = [f"{metrics[m]['mean']:.2f} ± {metrics[m]['std']:.2f}" for m in ("precision", "recall", "f1")]
     lines.append(f"| {split} | " + " | ".join(cells) + " |")
   markdown = "\n".join(lines) + "\n"
-  _write_json_atomic(workdir / "seeds.json", {"runs": {str(k): v for k, v in runs.items()}, "summary": summary})
+  fileio.write_json_atomic(workdir / "seeds.json", {"runs": {str(k): v for k, v in runs.items()}, "summary": summary})
   (workdir / "seeds.md").write_text(markdown)
   return {"runs": runs, "summary": summary, "markdown": markdown}
