@@ -34,9 +34,12 @@ With the trainer's step as it is now (finite guard as `lax.cond`):
 
   variant                              peak    arg   temp  goal
   adamw_1dev_remat_full               32.41  19.41  13.00  38 met
-  adamw_fsdp8_remat_full               6.82   4.12   2.71   7 met
-  adamw_data2_fsdp4                   14.77   6.30   8.47
+  adamw_fsdp8_remat_full               4.56   2.43   2.13   7 met
+  adamw_data2_fsdp4                   13.45   4.86   8.59
   lean_full_bf16_factored_nomomentum  25.89   8.17  17.72  15 missed
+
+(the sharded figures with the head's large arrays split over fsdp, `sharding.fsdp_fallback`;
+replicated, they were 6.82 and 14.77).
 
 Earlier, with the guard as `jnp.where(finite, new, old)` over the whole state (XLA kept
 the new state beside the old one): adamw_1dev 54.09, adamw_1dev_remat_full 45.31,

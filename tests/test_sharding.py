@@ -84,3 +84,19 @@ def test_shard_batch_splits_leading_axis():
   np.testing.assert_array_equal(np.asarray(placed["input_ids"]), batch["input_ids"])
   with pytest.raises(ValueError, match="not divisible"):
     sharding.shard_batch({"x": np.zeros((6, 2))}, mesh)
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("fsdp:2", P("fsdp")),   # 6 rows split in two
+    ("fsdp:4", P()),         # neither 6 nor 3 divisible by 4: replicated
+    ("data:8", P()),         # no fsdp axis: replicated
+])
+def test_large_unnamed_arrays_fall_back_to_fsdp(spec, expected):
+  model = _Tiny()
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((8, 8))))
+  mesh = sharding.make_mesh(spec)
+  shardings = sharding.logical_shardings(abstract, mesh, fallback_min_elements=16)
+  assert shardings["params"]["head"]["kernel"].spec == expected
+  assert shardings["params"]["head"]["bias"].spec == P()  # 3 elements: below the threshold
+  # Logically named arrays keep their rules.
+  assert "fsdp" in str(shardings["params"]["Dense_0"]["kernel"].spec) or mesh.shape["fsdp"] == 1

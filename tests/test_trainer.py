@@ -89,8 +89,10 @@ def _first_losses(config, data, mesh_spec, steps=3):
   return losses, state
 
 
-def test_sharded_training_matches_one_device(tmp_path):
+def test_sharded_training_matches_one_device(tmp_path, monkeypatch):
   assert len(jax.devices()) == 8
+  # Split the tiny head's larger arrays over fsdp too, as the xxlarge head's are.
+  monkeypatch.setattr(sharding, "FSDP_FALLBACK_MIN_ELEMENTS", 256)
   config = config_lib.TrainConfig(**TINY)
   data = trainer.prepare_data(config, tmp_path)
   single, _ = _first_losses(config, data, "data:1")
@@ -101,6 +103,8 @@ def test_sharded_training_matches_one_device(tmp_path):
   assert any("fsdp" in spec for spec in specs), specs
   word_embeddings = jax.tree.leaves(state.params["encoder"])[0]
   assert len(word_embeddings.sharding.device_set) == 8
+  head_specs = {str(leaf.sharding.spec) for leaf in jax.tree.leaves(state.params["head"])}
+  assert any("fsdp" in spec for spec in head_specs), head_specs
 
 
 def _train_command(workdir, flagfile):

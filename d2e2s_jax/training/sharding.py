@@ -7,7 +7,8 @@ for), so one set of logical rules serves every layout:
 * encoder parameters (and with them the optimizer state) are split over `fsdp` along
   their `embed` axis, and over `tensor` along `heads`/`mlp`/`vocab` when a tensor axis is
   asked for;
-* parameters without logical names (the small D2E2S head) are replicated.
+* parameters without logical names (the D2E2S head) are replicated when small and split
+  over `fsdp` along their largest divisible dimension when large (`fsdp_fallback`).
 
 A dimension that the mesh axis does not divide evenly is replicated instead of sharded,
 so tiny test configs and odd sizes work on any mesh.
@@ -113,12 +114,38 @@ def fit_spec_to_shape(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> 
   return PartitionSpec(*fitted)
 
 
+# Arrays without a sharded logical axis but at least this many elements are split over
+# `fsdp` along their largest evenly divisible dimension (the D2E2S head's LSTM, GCN and
+# fusion kernels: 172M parameters on the xxlarge model, 2.6 GiB per device when replicated
+# with their gradients and Adam moments). Small arrays stay replicated.
+FSDP_FALLBACK_MIN_ELEMENTS = 1 << 20
+
+
+def fsdp_fallback(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh,
+                  min_elements: Optional[int] = None) -> PartitionSpec:
+  """`spec`, or for a large array that `spec` leaves replicated, a split over `fsdp`.
+
+  `min_elements` defaults to the module's FSDP_FALLBACK_MIN_ELEMENTS, read at call time.
+  """
+  min_elements = FSDP_FALLBACK_MIN_ELEMENTS if min_elements is None else min_elements
+  fsdp = mesh.shape["fsdp"]
+  if fsdp == 1 or any(axes is not None for axes in spec) or math.prod(shape) < min_elements:
+    return spec
+  divisible = [dim for dim, size in enumerate(shape) if size % fsdp == 0]
+  if not divisible:
+    return spec
+  dim = max(divisible, key=lambda d: shape[d])
+  return PartitionSpec(*([None] * dim), "fsdp")
+
+
 def logical_shardings(abstract_tree: Any, mesh: Mesh,
-                      rules: Sequence[Tuple[str, Any]] = DEFAULT_LOGICAL_AXIS_RULES) -> Any:
+                      rules: Sequence[Tuple[str, Any]] = DEFAULT_LOGICAL_AXIS_RULES,
+                      fallback_min_elements: Optional[int] = None) -> Any:
   """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes.
 
   `abstract_tree` is typically `jax.eval_shape(init_fn, ...)`: boxed leaves are sharded by
-  their logical names and `rules`; plain leaves are replicated.
+  their logical names and `rules`; other leaves of at least `fallback_min_elements`
+  elements are split over `fsdp` (see `fsdp_fallback`); the rest are replicated.
   """
   logical_specs = nn.get_partition_spec(abstract_tree)
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)
@@ -126,7 +153,8 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh,
 
   def to_sharding(spec, leaf):
     spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec()
-    return NamedSharding(mesh, fit_spec_to_shape(spec, np.shape(leaf), mesh))
+    spec = fit_spec_to_shape(spec, np.shape(leaf), mesh)
+    return NamedSharding(mesh, fsdp_fallback(spec, np.shape(leaf), mesh, fallback_min_elements))
 
   return jax.tree.map(to_sharding, mesh_specs, unboxed,
                       is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
