@@ -18,11 +18,15 @@ from typing import Any, Callable, Union
 PathLike = Union[str, os.PathLike]
 
 
-def write_atomic(path: PathLike, write: Callable[[str], None]) -> None:
-  """Calls `write(temporary_path)`, then renames the temporary file to `path`."""
+def write_atomic(path: PathLike, write: Callable[[str], None], suffix: str = ".tmp") -> None:
+  """Calls `write(temporary_path)`, then renames the temporary file to `path`.
+
+  The temporary file sits beside `path` as `.<name>.<random><suffix>` and is removed if
+  `write` raises.
+  """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
   os.close(handle)
   try:
     write(temporary)

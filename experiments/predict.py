@@ -22,7 +22,6 @@ half-written is left behind.
 """
 
 import json
-import os
 import pathlib
 import sys
 from typing import Iterable, List, Sequence
@@ -76,36 +75,35 @@ def main(argv: Sequence[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only managers on every load
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from d2e2s_jax import fileio  # pylint: disable=import-outside-toplevel
   from d2e2s_jax import inference  # pylint: disable=import-outside-toplevel  # heavy: jax, transformers
 
-  output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else None
-  tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output else None
+  errors = 0
+
+  def write_records(stream) -> None:
+    nonlocal errors
+    with tqdm(total=len(sentences), unit="sentence", desc="predict", disable=not _INPUT.value,
+              file=sys.stderr, dynamic_ncols=True) as progress:
+      for chunk in _chunks(sentences, max(_CHUNK.value, 1)):
+        for record in predictor.predict(chunk):
+          errors += "error" in record
+          stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        progress.update(len(chunk))
+
   try:
     sentences = _read_input()
     predictor = inference.Predictor.load(_WORKDIR.value, which=_WHICH.value, parser=_PARSER.value)
-    if output:
-      output.parent.mkdir(parents=True, exist_ok=True)
-    stream = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout  # pylint: disable=consider-using-with
-    errors = 0
-    try:
-      with tqdm(total=len(sentences), unit="sentence", desc="predict", disable=not _INPUT.value,
-                file=sys.stderr, dynamic_ncols=True) as progress:
-        for chunk in _chunks(sentences, max(_CHUNK.value, 1)):
-          for record in predictor.predict(chunk):
-            errors += "error" in record
-            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-          progress.update(len(chunk))
-    finally:
-      if tmp:
-        stream.close()
-    if tmp:
-      os.replace(tmp, output)
+    if _OUTPUT.value:
+      # Written beside the destination and renamed: a failed run leaves no partial file.
+      def write_file(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8") as stream:
+          write_records(stream)
+      fileio.write_atomic(pathlib.Path(_OUTPUT.value), write_file)
+    else:
+      write_records(sys.stdout)
   except (ValueError, OSError) as error:  # DataError, InferenceError and ParserError are ValueErrors
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
-  finally:
-    if tmp and tmp.exists():
-      tmp.unlink()
   if errors:
     print(f"{errors} of {len(sentences)} sentence(s) could not be predicted (see their \"error\" field)",
           file=sys.stderr)

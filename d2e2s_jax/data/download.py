@@ -24,10 +24,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 import urllib.error
 import urllib.request
 from typing import List, Optional, Union
+
+from d2e2s_jax import fileio
 
 # `HEAD` makes raw.githubusercontent.com serve the default branch, whatever it is named.
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com/TYZY89/D2E2S/HEAD/data"
@@ -81,12 +82,10 @@ def _check_downloaded_json(path: pathlib.Path, relative_path: str, url: str) -> 
 
 
 def _fetch(url: str, destination: pathlib.Path, relative_path: str, dataset: str, timeout_s: float) -> None:
-  """Downloads `url` to `destination` atomically: temp file in the same folder, then rename."""
-  destination.parent.mkdir(parents=True, exist_ok=True)
-  handle, temp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
-  temp_path = pathlib.Path(temp_name)
-  try:
-    with os.fdopen(handle, "wb") as output:
+  """Downloads `url` to `destination` atomically: a `.part` file beside it, checked, renamed."""
+
+  def download(temporary: str) -> None:
+    with open(temporary, "wb") as output:
       try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
           while chunk := response.read(1 << 20):
@@ -99,10 +98,9 @@ def _fetch(url: str, destination: pathlib.Path, relative_path: str, dataset: str
         raise DownloadError(f"cannot download {url}: {reason}; {_offline_hint(dataset)}") from None
       except OSError as error:
         raise DownloadError(f"cannot download {url} to {destination}: {error}") from None
-    _check_downloaded_json(temp_path, relative_path, url)
-    os.replace(temp_path, destination)
-  finally:
-    temp_path.unlink(missing_ok=True)
+    _check_downloaded_json(pathlib.Path(temporary), relative_path, url)
+
+  fileio.write_atomic(destination, download, suffix=".part")
 
 
 def download_aste_data(
