@@ -73,6 +73,7 @@ import common  # pylint: disable=wrong-import-position
 if __name__ == "__main__" or "jax" not in sys.modules:
   common.force_host_devices(8)
 
+import flax.linen as nn  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
@@ -237,7 +238,7 @@ def plan_variant(args: argparse.Namespace, name: str) -> Dict[str, float]:
   boxed_state = abstract_train_state(model, optimizer, plain_batch)
   state_shardings = sharding.logical_shardings(boxed_state, mesh)
   abstract_state = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-                                trainer._unbox(boxed_state), state_shardings)  # pylint: disable=protected-access
+                                nn.meta.unbox(boxed_state), state_shardings)
   batch_sharding = sharding.batch_sharding(mesh)
   abstract_batch = {key: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=batch_sharding)
                     for key, leaf in plain_batch.items()}

@@ -142,10 +142,6 @@ def build_model(config: TrainConfig, tokenizer: Any) -> Tuple[d2e2s.D2E2S, d2e2s
   return d2e2s.D2E2S(model_config), model_config, pretrained
 
 
-def _unbox(tree: Any) -> Any:
-  return nn.meta.unbox(tree)
-
-
 def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
                        example_batch: Mapping[str, np.ndarray], seed: int,
                        mesh: jax.sharding.Mesh) -> Tuple[TrainState, Any]:
@@ -169,7 +165,7 @@ def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation
   rng = jax.random.key(seed)
   abstract = jax.eval_shape(init, rng)
   state_shardings = sharding.logical_shardings(abstract, mesh)
-  state = jax.jit(lambda r: _unbox(init(r)), out_shardings=state_shardings)(rng)
+  state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=state_shardings)(rng)
   return state, state_shardings
 
 
