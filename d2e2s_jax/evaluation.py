@@ -18,16 +18,25 @@ Two ways in:
   kept, which may include spans that ended up in no triplet).
 * `score(gold_examples, predicted_examples)`, which aligns two lists of `Example`s by id
   and fails, naming the id, when one side has a sentence the other lacks.
+
+A decoder that predicts thousands of triplets per sentence (an unselective model early in
+training) can skip building one `Triplet` object per prediction: `TripletCodec` packs
+spans and triplets into integers and `TripletScorer.add_codes` counts a sentence's
+integer codes against its gold triplets, with exactly the counts of `TripletScorer.add`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, Optional, Sequence, Set
+from typing import Dict, Iterable, Optional, Sequence, Set, Tuple
+
+import numpy as np
 
 from d2e2s_jax.data.examples import DataError, Example, Span, Triplet
 
 SCORE_NAMES = ("triplet", "aspect", "opinion")
+
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +121,167 @@ def _normalize_spans(spans: Iterable[Span]) -> Set[Span]:
   return {(int(start), int(end)) for start, end in spans}
 
 
+def unique_codes(codes: np.ndarray) -> np.ndarray:
+  """The distinct values of a 1-D integer (or object) array, ascending.
+
+  Sorts and drops repeats; an already strictly increasing array is returned as is. (On
+  these arrays this is several times faster than `np.unique` of numpy 2.x.)
+  """
+  codes = np.asarray(codes)
+  if codes.size > 1 and not np.all(codes[1:] > codes[:-1]):
+    codes = np.sort(codes)
+    keep = np.empty(codes.size, bool)
+    keep[0] = True
+    np.not_equal(codes[1:], codes[:-1], out=keep[1:])
+    codes = codes[keep]
+  return codes
+
+
+def _count_members(needles: np.ndarray, haystack: np.ndarray) -> int:
+  """How many of `needles` occur in `haystack` (ascending)."""
+  if needles.size == 0 or haystack.size == 0:
+    return 0
+  found = np.minimum(np.searchsorted(haystack, needles), haystack.size - 1)
+  return int(np.count_nonzero(haystack[found] == needles))
+
+
+@dataclasses.dataclass(frozen=True)
+class TripletCodec:
+  """Packs word spans and (aspect, opinion, sentiment) triplets into integers, one-to-one.
+
+  A span [start, end) whose two word indices lie in `offset .. offset + base - 1` packs to
+  the span code `(start - offset) * base + (end - offset)`, below `span_limit = base**2`;
+  a triplet to `(aspect code * span_limit + opinion code) * len(sentiments) + sentiment
+  index`, below `triplet_limit`. A set of spans or triplets is then an array of distinct
+  integers (`unique_codes`), and set intersection a membership count.
+
+  Codes are int64 while their limit fits (`dtype_for`), else Python ints in object
+  arrays, so that no range of word indices can overflow.
+
+  Attributes:
+    offset: the smallest representable word index.
+    base: how many consecutive word indices are representable.
+    sentiments: the sentiment names, in the order of their indices.
+  """
+
+  offset: int
+  base: int
+  sentiments: Tuple[str, ...]
+
+  def __post_init__(self):
+    if self.base < 1:
+      raise ValueError(f"TripletCodec base must be positive, got {self.base}")
+    if not self.sentiments or len(set(self.sentiments)) != len(self.sentiments):
+      raise ValueError(f"TripletCodec needs distinct sentiment names, got {self.sentiments}")
+
+  @classmethod
+  def covering(cls, word_indices: np.ndarray, sentiments: Sequence[str]) -> "TripletCodec":
+    """The smallest codec that represents every value of `word_indices` (any shape)."""
+    values = np.asarray(word_indices)
+    if values.size == 0:
+      return cls(offset=0, base=1, sentiments=tuple(sentiments))
+    low = int(values.min())
+    return cls(offset=low, base=int(values.max()) - low + 1, sentiments=tuple(sentiments))
+
+  @property
+  def span_limit(self) -> int:
+    """The number of span codes (base**2)."""
+    return self.base * self.base
+
+  @property
+  def triplet_limit(self) -> int:
+    """The number of triplet codes (span_limit**2 * number of sentiments)."""
+    return self.span_limit * self.span_limit * len(self.sentiments)
+
+  @staticmethod
+  def dtype_for(limit: int) -> np.dtype:
+    """int64 when every integer below `limit` fits in it, else object (Python ints)."""
+    return np.dtype(np.int64) if limit - 1 <= _INT64_MAX else np.dtype(object)
+
+  def span_codes(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Codes of the spans [starts, ends) (arrays of representable word indices)."""
+    dtype = self.dtype_for(self.span_limit)
+    return ((np.asarray(starts).astype(dtype) - self.offset) * self.base +
+            (np.asarray(ends).astype(dtype) - self.offset))
+
+  def triplet_codes(self, aspect_codes: np.ndarray, opinion_codes: np.ndarray,
+                    sentiment_indices: np.ndarray) -> np.ndarray:
+    """Codes of triplets given their aspect and opinion span codes and sentiment indices."""
+    dtype = self.dtype_for(self.triplet_limit)
+    return ((np.asarray(aspect_codes).astype(dtype) * self.span_limit + np.asarray(opinion_codes).astype(dtype)) *
+            len(self.sentiments) + np.asarray(sentiment_indices).astype(dtype))
+
+  def split_triplets(self, codes: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(aspect span codes, opinion span codes, sentiment indices) of triplet codes."""
+    codes = np.asarray(codes).astype(self.dtype_for(self.triplet_limit), copy=False)
+    pairs, sentiments = codes // len(self.sentiments), codes % len(self.sentiments)
+    aspects, opinions = pairs // self.span_limit, pairs % self.span_limit
+    dtype = self.dtype_for(self.span_limit)
+    return aspects.astype(dtype), opinions.astype(dtype), sentiments.astype(np.int64)
+
+  def span_bounds(self, codes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) word indices of span codes."""
+    # (`np.divmod` has no loop for object arrays.)
+    codes = np.asarray(codes).astype(self.dtype_for(self.span_limit), copy=False)
+    return codes // self.base + self.offset, codes % self.base + self.offset
+
+  def spans(self, codes: np.ndarray) -> Set[Span]:
+    """The spans of span codes, as a set of (start, end) Python int pairs."""
+    starts, ends = self.span_bounds(codes)
+    return set(zip(starts.tolist(), ends.tolist()))
+
+  def triplets(self, codes: np.ndarray) -> Set[Triplet]:
+    """The `Triplet`s of triplet codes, as a set (spans of Python ints)."""
+    aspects, opinions, sentiments = self.split_triplets(codes)
+    aspect_starts, aspect_ends = self.span_bounds(aspects)
+    opinion_starts, opinion_ends = self.span_bounds(opinions)
+    names = self.sentiments
+    return {Triplet(aspect=(a0, a1), opinion=(o0, o1), sentiment=names[s])
+            for a0, a1, o0, o1, s in zip(aspect_starts.tolist(), aspect_ends.tolist(), opinion_starts.tolist(),
+                                         opinion_ends.tolist(), sentiments.tolist())}
+
+  def _span_code(self, span: Span) -> Optional[int]:
+    start, end = int(span[0]) - self.offset, int(span[1]) - self.offset
+    if 0 <= start < self.base and 0 <= end < self.base:
+      return start * self.base + end
+    return None
+
+  def encode_spans(self, spans: Iterable[Span]) -> np.ndarray:
+    """The distinct codes, ascending, of those `spans` the codec can represent.
+
+    A span outside the codec's range is left out: it cannot equal any span it packs.
+    """
+    codes = {self._span_code(span) for span in spans} - {None}
+    return np.array(sorted(codes), dtype=self.dtype_for(self.span_limit))
+
+  def encode_triplets(self, triplets: Iterable[Triplet]) -> np.ndarray:
+    """The distinct codes, ascending, of those `triplets` the codec can represent.
+
+    A triplet with a span outside the codec's range or a sentiment not in `sentiments` is
+    left out: it cannot equal any triplet the codec packs.
+    """
+    index = {name: position for position, name in enumerate(self.sentiments)}
+    codes = set()
+    for triplet in triplets:
+      aspect, opinion = self._span_code(triplet.aspect), self._span_code(triplet.opinion)
+      sentiment = index.get(str(triplet.sentiment))
+      if aspect is not None and opinion is not None and sentiment is not None:
+        codes.add((aspect * self.span_limit + opinion) * len(self.sentiments) + sentiment)
+    return np.array(sorted(codes), dtype=self.dtype_for(self.triplet_limit))
+
+
+def _check_codes(codes: np.ndarray, where: str) -> np.ndarray:
+  """Distinct codes, ascending, of a 1-D array of integer codes."""
+  codes = np.asarray(codes)
+  if codes.ndim != 1:
+    raise ValueError(f"{where}: expected a 1-D array of codes, got shape {codes.shape}")
+  if codes.size == 0:
+    return codes.astype(np.int64)
+  if codes.dtype.kind not in "iuO":
+    raise TypeError(f"{where}: expected integer codes, got dtype {codes.dtype}")
+  return unique_codes(codes)
+
+
 class TripletScorer:
   """Accumulates triplet, aspect and opinion counts sentence by sentence.
 
@@ -163,6 +333,50 @@ class TripletScorer:
     self._totals["triplet"] += count_set_matches(gold_set, predicted_set)
     self._totals["aspect"] += count_set_matches({t.aspect for t in gold_set}, predicted_aspect_spans)
     self._totals["opinion"] += count_set_matches({t.opinion for t in gold_set}, predicted_opinion_spans)
+    self._sentences += 1
+
+  def add_codes(
+      self,
+      gold: Iterable[Triplet],
+      predicted: np.ndarray,
+      codec: TripletCodec,
+      *,
+      predicted_aspects: Optional[np.ndarray] = None,
+      predicted_opinions: Optional[np.ndarray] = None,
+  ) -> None:
+    """Adds one sentence whose predictions are `codec` codes, without building objects.
+
+    The counts are exactly those of `add(gold, codec.triplets(predicted),
+    predicted_aspects=codec.spans(predicted_aspects), ...)`.
+
+    Args:
+      gold: the sentence's gold triplets (`Triplet` objects, as for `add`).
+      predicted: 1-D int array, the predicted triplets' codes (repeats count once).
+      codec: the codec that packed them.
+      predicted_aspects: 1-D int array, span codes of the aspect spans the model kept;
+        by default the aspect spans of `predicted`.
+      predicted_opinions: likewise for opinion spans.
+    """
+    where = f"sentence {self._sentences}"
+    gold_set = _check_triplets(gold, where + " (gold)")
+    predicted = _check_codes(predicted, where + " (predicted)")
+    if predicted_aspects is None or predicted_opinions is None:
+      triplet_aspects, triplet_opinions, _ = codec.split_triplets(predicted)
+    if predicted_aspects is None:
+      aspects = unique_codes(triplet_aspects)
+    else:
+      aspects = _check_codes(predicted_aspects, where + " (predicted aspects)")
+    if predicted_opinions is None:
+      opinions = unique_codes(triplet_opinions)
+    else:
+      opinions = _check_codes(predicted_opinions, where + " (predicted opinions)")
+    gold_aspects, gold_opinions = {t.aspect for t in gold_set}, {t.opinion for t in gold_set}
+    for name, gold_count, gold_codes, predicted_codes in (
+        ("triplet", len(gold_set), codec.encode_triplets(gold_set), predicted),
+        ("aspect", len(gold_aspects), codec.encode_spans(gold_aspects), aspects),
+        ("opinion", len(gold_opinions), codec.encode_spans(gold_opinions), opinions)):
+      self._totals[name] += PRF(gold=gold_count, predicted=int(predicted_codes.size),
+                                correct=_count_members(gold_codes, predicted_codes))
     self._sentences += 1
 
   def result(self) -> Dict[str, PRF]:

@@ -225,3 +225,83 @@ def test_evaluate_cli_on_a_benchmark_split_against_itself(shared_data_dir):
   # The full split is scored (the released code would keep 480 of the 492 sentences).
   assert (triplet["gold"], triplet["predicted"], triplet["correct"]) == (994, 994, 994)
   assert triplet["f1"] == pytest.approx(100.0)
+
+
+# ------------------------------------------------------------- integer codes
+
+
+def _random_triplets(rng, count, low, high, sentiments=("NEUTRAL", "POSITIVE", "NEGATIVE", "INVALID")):
+  triplets = []
+  for _ in range(count):
+    a, o = rng.integers(low, high, 2).tolist()
+    triplets.append(_t((a, a + int(rng.integers(1, 3))), (o, o + int(rng.integers(1, 3))),
+                       sentiments[rng.integers(len(sentiments))]))
+  return triplets
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("low, high", [(0, 8), (-30, -20), (2**40, 2**40 + 8), (0, 2**40)])
+def test_add_codes_counts_exactly_as_add(seed, low, high):
+  np = pytest.importorskip("numpy")
+  rng = np.random.default_rng(seed)
+  codec = evaluation.TripletCodec.covering(np.array([low, high + 2]), ("NEUTRAL", "POSITIVE", "NEGATIVE", "INVALID"))
+  by_objects, by_codes = evaluation.TripletScorer(), evaluation.TripletScorer()
+  by_objects_terms, by_codes_terms = evaluation.TripletScorer(), evaluation.TripletScorer()
+  for _ in range(12):
+    predicted = _random_triplets(rng, int(rng.integers(0, 30)), low, high)
+    # Gold: some predicted triplets (with repeats), some new ones, some the codec cannot
+    # represent (outside its range, unknown sentiment): those can never match.
+    gold = [predicted[i] for i in rng.integers(0, len(predicted), 3)] if predicted else []
+    gold += _random_triplets(rng, 2, low, high) + _random_triplets(rng, 1, high + 5, high + 9)
+    gold += _random_triplets(rng, 1, low, high, sentiments=("GREAT",))
+    aspects = [t.aspect for t in _random_triplets(rng, 4, low, high)] + [t.aspect for t in gold[:2]]
+    opinions = [t.opinion for t in _random_triplets(rng, 4, low, high)]
+    codes = np.concatenate([codec.encode_triplets(predicted), codec.encode_triplets(predicted[:5])])
+    rng.shuffle(codes)  # any order, repeats count once
+    assert codec.triplets(codes) == set(predicted)
+    by_objects.add(gold, predicted)
+    by_codes.add_codes(gold, codes, codec)
+    by_objects_terms.add(gold, predicted, predicted_aspects=aspects, predicted_opinions=opinions)
+    by_codes_terms.add_codes(gold, codes, codec, predicted_aspects=codec.encode_spans(aspects),
+                             predicted_opinions=list(codec.encode_spans(opinions)))
+  assert by_codes.result() == by_objects.result()
+  assert by_codes_terms.result() == by_objects_terms.result()
+  assert by_codes.num_sentences == 12
+  assert by_objects.result()["triplet"].correct > 0
+
+
+def test_codec_round_trips_spans_and_triplets():
+  np = pytest.importorskip("numpy")
+  codec = evaluation.TripletCodec.covering(np.array([[3, 5], [4, 9]]), ("POSITIVE", "NEGATIVE"))
+  assert (codec.offset, codec.base, codec.span_limit, codec.triplet_limit) == (3, 7, 49, 49 * 49 * 2)
+  spans = {(3, 4), (5, 9), (9, 9)}
+  codes = codec.encode_spans(list(spans) + [(3, 4), (2, 4), (3, 10)])  # the last two are out of range
+  assert codes.dtype == np.int64 and np.all(np.diff(codes) > 0) and len(codes) == 3
+  assert codec.spans(codes) == spans
+  triplets = {_t((3, 4), (5, 9)), _t((3, 4), (5, 9), "NEGATIVE"), _t((5, 9), (3, 4))}
+  codes = codec.encode_triplets(list(triplets) + [_t((3, 4), (5, 9), "NEUTRAL")])
+  assert len(codes) == 3 and codec.triplets(codes) == triplets
+  aspects, opinions, sentiments = codec.split_triplets(codes)
+  assert codec.spans(aspects) == {(3, 4), (5, 9)} and sorted(sentiments.tolist()) == [0, 0, 1]
+  assert evaluation.TripletCodec.covering(np.zeros((0, 2), np.int32), ("A",)).base == 1
+  huge = evaluation.TripletCodec.covering(np.array([0, 2**40]), ("A",))
+  assert huge.encode_triplets([_t((0, 2**40), (1, 2), "A")]).dtype == object
+  assert huge.triplets(huge.encode_triplets([_t((0, 2**40), (1, 2), "A")])) == {_t((0, 2**40), (1, 2), "A")}
+
+
+def test_codec_and_add_codes_reject_bad_input():
+  np = pytest.importorskip("numpy")
+  with pytest.raises(ValueError, match="base"):
+    evaluation.TripletCodec(offset=0, base=0, sentiments=("A",))
+  with pytest.raises(ValueError, match="distinct sentiment"):
+    evaluation.TripletCodec(offset=0, base=3, sentiments=("A", "A"))
+  codec = evaluation.TripletCodec(offset=0, base=3, sentiments=("POSITIVE",))
+  scorer = evaluation.TripletScorer()
+  with pytest.raises(ValueError, match="sentence 0 .predicted.: expected a 1-D array"):
+    scorer.add_codes([], np.zeros((2, 2), np.int64), codec)
+  with pytest.raises(TypeError, match="integer codes"):
+    scorer.add_codes([], np.array([1.5]), codec)
+  with pytest.raises(TypeError, match="sentence 0 .gold.: expected Triplet"):
+    scorer.add_codes([((0, 1), (2, 3), "POSITIVE")], [], codec)
+  scorer.add_codes([_t((0, 1), (1, 2))], [], codec)
+  assert scorer.result()["triplet"] == evaluation.PRF(gold=1, predicted=0, correct=0)

@@ -13,18 +13,26 @@ kept and the triplets are those of the released decoding restricted to them (a s
 the released triplets). Ties in the ranking go to the lower candidate index
 (`jax.lax.top_k`).
 
-The host side (`decoded_triplets`, `decoded_terms`) turns the padded arrays into
-`Triplet` sets and term span sets for `d2e2s_jax.evaluation.TripletScorer`.
+The host side turns the padded arrays into what `d2e2s_jax.evaluation.TripletScorer`
+scores. It is vectorised: the "on" (row, pair, sentiment) entries are gathered with
+numpy, each triplet is packed into one integer (`evaluation.TripletCodec`) and repeats are
+dropped per row by sorting, so its cost does not grow with a Python loop over the pairs
+(an unselective model early in training turns on nearly all k * (k - 1) * 4 outputs).
+`triplet_codes` / `term_codes` give the codes (for `TripletScorer.add_codes`, no Python
+object per prediction); `decoded_triplets` / `decoded_terms` build `Triplet` sets and span
+sets from the distinct codes only. `fetch_host_outputs` copies only the arrays they read
+(`HOST_KEYS`) from the device.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from d2e2s_jax import evaluation
 from d2e2s_jax.data.examples import Span, Triplet
 
 Array = jax.Array
@@ -32,6 +40,10 @@ Array = jax.Array
 # Sentiment outputs of the pair classifier: types.json's order without the implicit None.
 SENTIMENT_OUTPUTS = ("NEUTRAL", "POSITIVE", "NEGATIVE", "INVALID")
 ENTITY_OUTPUTS = ("None", "target", "opinion")
+_INVALID = SENTIMENT_OUTPUTS.index("INVALID")
+
+# The arrays of `decode`'s output that the host conversion reads.
+HOST_KEYS = ("pair_indices", "sentiment_on", "span_type_all")
 
 
 def select_spans(span_logits: Array, span_mask: Array, max_spans: int) -> Dict[str, Array]:
@@ -102,63 +114,136 @@ def decode(span_logits: Array, span_mask: Array, pair_logit_fn: Callable[[Array]
   Returns:
     The `select_spans` arrays plus `pair_indices` [B, P, 2] (S axis), `pair_valid` [B, P],
     `sentiment_probs` float32 [B, P, 4] (zero where invalid), `sentiment_on` bool
-    [B, P, 4], and `span_probs` float32 [B, S, 3] for term scoring.
+    [B, P, 4], `span_probs` float32 [B, S, 3], and `span_type_all` int32 [B, S], the
+    argmax of `span_probs` for every candidate (term scoring; not masked).
   """
   selected = select_spans(span_logits, span_mask, max_spans)
   pair_indices, pair_valid = candidate_pairs(selected)
   probs = jax.nn.sigmoid(pair_logit_fn(pair_indices).astype(jnp.float32))
   probs = jnp.where(pair_valid[..., None], probs, 0.0)
+  span_probs = jax.nn.softmax(span_logits.astype(jnp.float32), axis=-1)
   return dict(
       selected,
       pair_indices=pair_indices,
       pair_valid=pair_valid,
       sentiment_probs=probs,
       sentiment_on=(probs >= threshold) & pair_valid[..., None],
-      span_probs=jax.nn.softmax(span_logits.astype(jnp.float32), axis=-1),
+      span_probs=span_probs,
+      span_type_all=jnp.argmax(span_probs, axis=-1).astype(jnp.int32),
   )
+
+
+def fetch_host_outputs(decoded: Mapping[str, Array]) -> Dict[str, np.ndarray]:
+  """`jax.device_get` of only the arrays of `decode`'s output that the host reads.
+
+  The `HOST_KEYS`; `span_probs` instead of `span_type_all` for an output without it.
+  """
+  keys = [key for key in HOST_KEYS if key in decoded]
+  if "span_type_all" not in decoded:
+    keys.append("span_probs")
+  return jax.device_get({key: decoded[key] for key in keys})
+
+
+def batch_codec(span_word_bounds: np.ndarray) -> evaluation.TripletCodec:
+  """The codec (sentiments in `SENTIMENT_OUTPUTS` order) covering a batch's word bounds."""
+  return evaluation.TripletCodec.covering(span_word_bounds, SENTIMENT_OUTPUTS)
+
+
+def _unique_per_group(groups: np.ndarray, codes: np.ndarray, limit: int, num_groups: int) -> List[np.ndarray]:
+  """Distinct `codes` (each below `limit`) of each group 0..num_groups-1, ascending.
+
+  One sort of `group * limit + code` for all groups together.
+  """
+  code_dtype = codes.dtype
+  key_dtype = evaluation.TripletCodec.dtype_for(num_groups * limit)
+  keys = evaluation.unique_codes(groups.astype(key_dtype) * limit + codes.astype(key_dtype))
+  edges = np.searchsorted(keys, np.arange(num_groups + 1).astype(key_dtype) * limit).tolist()
+  codes = (keys % limit).astype(code_dtype)
+  return [codes[edges[group]:edges[group + 1]] for group in range(num_groups)]
+
+
+def triplet_codes(decoded: Mapping[str, np.ndarray], span_word_bounds: np.ndarray,
+                  codec: Optional[evaluation.TripletCodec] = None,
+                  keep_invalid: bool = True) -> List[np.ndarray]:
+  """`decoded_triplets` as codes: one ascending array of distinct triplet codes per row.
+
+  Args:
+    decoded: `decode`'s output on the host (at least `pair_indices`, `sentiment_on`).
+    span_word_bounds: int [B, S, 2] word bounds [start, end) of the candidates.
+    codec: the packing; by default `batch_codec(span_word_bounds)` (it must cover them).
+    keep_invalid: keep triplets of the INVALID output (see `decoded_triplets`).
+
+  Returns:
+    B arrays; `codec.triplets(codes)` of row b is `decoded_triplets(...)[b]`.
+  """
+  if codec is None:
+    codec = batch_codec(span_word_bounds)
+  on = np.asarray(decoded["sentiment_on"], bool)
+  if not keep_invalid:
+    on = on & (np.arange(on.shape[-1]) != _INVALID)
+  rows, pairs, outputs = np.nonzero(on)
+  pair_indices = np.asarray(decoded["pair_indices"])
+  bounds = np.asarray(span_word_bounds)
+  aspects = bounds[rows, pair_indices[rows, pairs, 0]]
+  opinions = bounds[rows, pair_indices[rows, pairs, 1]]
+  codes = codec.triplet_codes(codec.span_codes(aspects[:, 0], aspects[:, 1]),
+                              codec.span_codes(opinions[:, 0], opinions[:, 1]), outputs)
+  return _unique_per_group(rows, codes, codec.triplet_limit, on.shape[0])
+
+
+def _candidate_types(decoded: Mapping[str, np.ndarray]) -> np.ndarray:
+  if "span_type_all" in decoded:
+    return np.asarray(decoded["span_type_all"])
+  return np.argmax(np.asarray(decoded["span_probs"]), axis=-1)
+
+
+def term_codes(decoded: Mapping[str, np.ndarray], span_mask: np.ndarray, span_word_bounds: np.ndarray,
+               codec: Optional[evaluation.TripletCodec] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+  """`decoded_terms` as codes: (aspect span codes, opinion span codes) per row.
+
+  Args:
+    decoded: `decode`'s output on the host (`span_type_all`, or `span_probs`).
+    span_mask: bool [B, S] real candidates.
+    span_word_bounds: int [B, S, 2] word bounds [start, end) of the candidates.
+    codec: the packing; by default `batch_codec(span_word_bounds)` (it must cover them).
+
+  Returns:
+    B pairs of ascending arrays of distinct span codes.
+  """
+  if codec is None:
+    codec = batch_codec(span_word_bounds)
+  span_type = _candidate_types(decoded)
+  rows, candidates = np.nonzero(np.asarray(span_mask, bool) & (span_type != 0))
+  bounds = np.asarray(span_word_bounds)[rows, candidates]
+  groups = 2 * rows + span_type[rows, candidates] - 1  # (row, aspect) or (row, opinion)
+  codes = _unique_per_group(groups, codec.span_codes(bounds[:, 0], bounds[:, 1]), codec.span_limit,
+                            2 * span_type.shape[0])
+  return [(codes[2 * row], codes[2 * row + 1]) for row in range(span_type.shape[0])]
 
 
 def decoded_triplets(decoded: Mapping[str, np.ndarray], span_word_bounds: np.ndarray,
                      keep_invalid: bool = True) -> List[Set[Triplet]]:
   """Turns `decode`'s arrays (fetched to the host) into one `Triplet` set per batch row.
 
+  One triplet (span a, span b, sentiment) per on entry of `sentiment_on`, repeats once.
+
   Args:
-    decoded: the output of `decode`, as numpy arrays.
+    decoded: the output of `decode`, as numpy arrays (at least `HOST_KEYS`).
     span_word_bounds: int [B, S, 2] word bounds [start, end) of the candidates.
     keep_invalid: keep triplets of the INVALID output, as the released code does (they
       can only be false positives: the data has no INVALID triplet).
 
   Returns:
-    B sets of `Triplet(aspect=span a, opinion=span b, sentiment)`.
+    B sets of `Triplet(aspect=span a, opinion=span b, sentiment)`, spans of Python ints.
   """
-  pair_indices = np.asarray(decoded["pair_indices"])
-  sentiment_on = np.asarray(decoded["sentiment_on"])
-  bounds = np.asarray(span_word_bounds)
-  results = []
-  for row in range(sentiment_on.shape[0]):
-    triplets = set()
-    for pair, output in zip(*np.nonzero(sentiment_on[row])):
-      sentiment = SENTIMENT_OUTPUTS[output]
-      if sentiment == "INVALID" and not keep_invalid:
-        continue
-      head, tail = pair_indices[row, pair]
-      triplets.add(Triplet(aspect=tuple(int(x) for x in bounds[row, head]),
-                           opinion=tuple(int(x) for x in bounds[row, tail]), sentiment=sentiment))
-    results.append(triplets)
-  return results
+  codec = batch_codec(span_word_bounds)
+  return [codec.triplets(codes) for codes in triplet_codes(decoded, span_word_bounds, codec, keep_invalid)]
 
 
 def decoded_terms(decoded: Mapping[str, np.ndarray], span_mask: np.ndarray,
                   span_word_bounds: np.ndarray) -> List[Tuple[Set[Span], Set[Span]]]:
   """(aspect spans, opinion spans) per row: every real candidate whose argmax is target /
   opinion, whether or not it was among the k kept for pairing (released term scoring)."""
-  span_type = np.argmax(np.asarray(decoded["span_probs"]), axis=-1)
-  mask = np.asarray(span_mask, bool)
-  bounds = np.asarray(span_word_bounds)
-  results = []
-  for row in range(span_type.shape[0]):
-    spans: Sequence[Set[Span]] = (set(), set())
-    for candidate in np.nonzero(mask[row] & (span_type[row] != 0))[0]:
-      spans[span_type[row, candidate] - 1].add(tuple(int(x) for x in bounds[row, candidate]))
-    results.append(tuple(spans))
-  return results
+  codec = batch_codec(span_word_bounds)
+  return [(codec.spans(aspects), codec.spans(opinions))
+          for aspects, opinions in term_codes(decoded, span_mask, span_word_bounds, codec)]
