@@ -27,8 +27,10 @@ integer codes against its gold triplets, with exactly the counts of `TripletScor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Dict, Iterable, Optional, Sequence, Set, Tuple
+import gc
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -128,7 +130,7 @@ def unique_codes(codes: np.ndarray) -> np.ndarray:
   these arrays this is several times faster than `np.unique` of numpy 2.x.)
   """
   codes = np.asarray(codes)
-  if codes.size > 1 and not np.all(codes[1:] > codes[:-1]):
+  if codes.size > 1 and not (codes[1:] > codes[:-1]).all():
     codes = np.sort(codes)
     keep = np.empty(codes.size, bool)
     keep[0] = True
@@ -137,12 +139,28 @@ def unique_codes(codes: np.ndarray) -> np.ndarray:
   return codes
 
 
+@contextlib.contextmanager
+def _collector_paused():
+  """Pauses Python's cyclic garbage collector (restoring its previous state).
+
+  Building tens of thousands of small acyclic objects (triplets, their span tuples)
+  otherwise triggers repeated collections of the whole heap, which cost more than the
+  building itself (about 3x in `benchmarks/decode.py`'s unselective regime).
+  """
+  enabled = gc.isenabled()
+  gc.disable()
+  try:
+    yield
+  finally:
+    if enabled:
+      gc.enable()
+
+
 def _count_members(needles: np.ndarray, haystack: np.ndarray) -> int:
   """How many of `needles` occur in `haystack` (ascending)."""
   if needles.size == 0 or haystack.size == 0:
     return 0
-  found = np.minimum(np.searchsorted(haystack, needles), haystack.size - 1)
-  return int(np.count_nonzero(haystack[found] == needles))
+  return int(np.count_nonzero(haystack.take(haystack.searchsorted(needles), mode="clip") == needles))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,20 +243,29 @@ class TripletCodec:
     codes = np.asarray(codes).astype(self.dtype_for(self.span_limit), copy=False)
     return codes // self.base + self.offset, codes % self.base + self.offset
 
-  def spans(self, codes: np.ndarray) -> Set[Span]:
-    """The spans of span codes, as a set of (start, end) Python int pairs."""
+  def span_list(self, codes: np.ndarray) -> List[Span]:
+    """The spans of span codes, in code order, as (start, end) pairs of Python ints."""
     starts, ends = self.span_bounds(codes)
-    return set(zip(starts.tolist(), ends.tolist()))
+    return list(zip(starts.tolist(), ends.tolist()))
 
-  def triplets(self, codes: np.ndarray) -> Set[Triplet]:
-    """The `Triplet`s of triplet codes, as a set (spans of Python ints)."""
+  def spans(self, codes: np.ndarray) -> Set[Span]:
+    """The spans of span codes, as a set."""
+    return set(self.span_list(codes))
+
+  def triplet_list(self, codes: np.ndarray) -> List[Triplet]:
+    """The `Triplet`s of triplet codes, in code order (spans of Python ints)."""
     aspects, opinions, sentiments = self.split_triplets(codes)
     aspect_starts, aspect_ends = self.span_bounds(aspects)
     opinion_starts, opinion_ends = self.span_bounds(opinions)
     names = self.sentiments
-    return {Triplet(aspect=(a0, a1), opinion=(o0, o1), sentiment=names[s])
-            for a0, a1, o0, o1, s in zip(aspect_starts.tolist(), aspect_ends.tolist(), opinion_starts.tolist(),
-                                         opinion_ends.tolist(), sentiments.tolist())}
+    with _collector_paused():
+      return [Triplet(aspect=(a0, a1), opinion=(o0, o1), sentiment=names[s])
+              for a0, a1, o0, o1, s in zip(aspect_starts.tolist(), aspect_ends.tolist(), opinion_starts.tolist(),
+                                           opinion_ends.tolist(), sentiments.tolist())]
+
+  def triplets(self, codes: np.ndarray) -> Set[Triplet]:
+    """The `Triplet`s of triplet codes, as a set."""
+    return set(self.triplet_list(codes))
 
   def _span_code(self, span: Span) -> Optional[int]:
     start, end = int(span[0]) - self.offset, int(span[1]) - self.offset
@@ -261,12 +288,13 @@ class TripletCodec:
     left out: it cannot equal any triplet the codec packs.
     """
     index = {name: position for position, name in enumerate(self.sentiments)}
+    span_limit, num_sentiments = self.span_limit, len(self.sentiments)
     codes = set()
     for triplet in triplets:
       aspect, opinion = self._span_code(triplet.aspect), self._span_code(triplet.opinion)
       sentiment = index.get(str(triplet.sentiment))
       if aspect is not None and opinion is not None and sentiment is not None:
-        codes.add((aspect * self.span_limit + opinion) * len(self.sentiments) + sentiment)
+        codes.add((aspect * span_limit + opinion) * num_sentiments + sentiment)
     return np.array(sorted(codes), dtype=self.dtype_for(self.triplet_limit))
 
 
@@ -371,12 +399,11 @@ class TripletScorer:
     else:
       opinions = _check_codes(predicted_opinions, where + " (predicted opinions)")
     gold_aspects, gold_opinions = {t.aspect for t in gold_set}, {t.opinion for t in gold_set}
-    for name, gold_count, gold_codes, predicted_codes in (
-        ("triplet", len(gold_set), codec.encode_triplets(gold_set), predicted),
-        ("aspect", len(gold_aspects), codec.encode_spans(gold_aspects), aspects),
-        ("opinion", len(gold_opinions), codec.encode_spans(gold_opinions), opinions)):
-      self._totals[name] += PRF(gold=gold_count, predicted=int(predicted_codes.size),
-                                correct=_count_members(gold_codes, predicted_codes))
+    for name, gold_items, encode, predicted_codes in (("triplet", gold_set, codec.encode_triplets, predicted),
+                                                      ("aspect", gold_aspects, codec.encode_spans, aspects),
+                                                      ("opinion", gold_opinions, codec.encode_spans, opinions)):
+      correct = _count_members(encode(gold_items), predicted_codes) if gold_items and predicted_codes.size else 0
+      self._totals[name] += PRF(gold=len(gold_items), predicted=int(predicted_codes.size), correct=correct)
     self._sentences += 1
 
   def result(self) -> Dict[str, PRF]:

@@ -149,17 +149,39 @@ def batch_codec(span_word_bounds: np.ndarray) -> evaluation.TripletCodec:
   return evaluation.TripletCodec.covering(span_word_bounds, SENTIMENT_OUTPUTS)
 
 
-def _unique_per_group(groups: np.ndarray, codes: np.ndarray, limit: int, num_groups: int) -> List[np.ndarray]:
+def _unique_per_group(groups: np.ndarray, codes: np.ndarray, limit: int,
+                      num_groups: int) -> Tuple[np.ndarray, List[int]]:
   """Distinct `codes` (each below `limit`) of each group 0..num_groups-1, ascending.
 
   One sort of `group * limit + code` for all groups together.
+
+  Returns:
+    (the codes, group after group; the num_groups + 1 group edges into them).
   """
-  code_dtype = codes.dtype
   key_dtype = evaluation.TripletCodec.dtype_for(num_groups * limit)
   keys = evaluation.unique_codes(groups.astype(key_dtype) * limit + codes.astype(key_dtype))
   edges = np.searchsorted(keys, np.arange(num_groups + 1).astype(key_dtype) * limit).tolist()
-  codes = (keys % limit).astype(code_dtype)
-  return [codes[edges[group]:edges[group + 1]] for group in range(num_groups)]
+  return (keys % limit).astype(codes.dtype), edges
+
+
+def _split(items, edges: List[int]) -> list:
+  return [items[start:end] for start, end in zip(edges[:-1], edges[1:])]
+
+
+def _grouped_triplet_codes(decoded: Mapping[str, np.ndarray], span_word_bounds: np.ndarray,
+                           codec: evaluation.TripletCodec, keep_invalid: bool) -> Tuple[np.ndarray, List[int]]:
+  """`triplet_codes` of all rows together: (codes, row edges)."""
+  on = np.asarray(decoded["sentiment_on"], bool)
+  if not keep_invalid:
+    on = on & (np.arange(on.shape[-1]) != _INVALID)
+  rows, pairs, outputs = np.nonzero(on)
+  pair_indices = np.asarray(decoded["pair_indices"])
+  bounds = np.asarray(span_word_bounds)
+  aspects = bounds[rows, pair_indices[rows, pairs, 0]]
+  opinions = bounds[rows, pair_indices[rows, pairs, 1]]
+  codes = codec.triplet_codes(codec.span_codes(aspects[:, 0], aspects[:, 1]),
+                              codec.span_codes(opinions[:, 0], opinions[:, 1]), outputs)
+  return _unique_per_group(rows, codes, codec.triplet_limit, on.shape[0])
 
 
 def triplet_codes(decoded: Mapping[str, np.ndarray], span_word_bounds: np.ndarray,
@@ -178,23 +200,25 @@ def triplet_codes(decoded: Mapping[str, np.ndarray], span_word_bounds: np.ndarra
   """
   if codec is None:
     codec = batch_codec(span_word_bounds)
-  on = np.asarray(decoded["sentiment_on"], bool)
-  if not keep_invalid:
-    on = on & (np.arange(on.shape[-1]) != _INVALID)
-  rows, pairs, outputs = np.nonzero(on)
-  pair_indices = np.asarray(decoded["pair_indices"])
-  bounds = np.asarray(span_word_bounds)
-  aspects = bounds[rows, pair_indices[rows, pairs, 0]]
-  opinions = bounds[rows, pair_indices[rows, pairs, 1]]
-  codes = codec.triplet_codes(codec.span_codes(aspects[:, 0], aspects[:, 1]),
-                              codec.span_codes(opinions[:, 0], opinions[:, 1]), outputs)
-  return _unique_per_group(rows, codes, codec.triplet_limit, on.shape[0])
+  return _split(*_grouped_triplet_codes(decoded, span_word_bounds, codec, keep_invalid))
 
 
 def _candidate_types(decoded: Mapping[str, np.ndarray]) -> np.ndarray:
   if "span_type_all" in decoded:
     return np.asarray(decoded["span_type_all"])
   return np.argmax(np.asarray(decoded["span_probs"]), axis=-1)
+
+
+def _grouped_term_codes(decoded: Mapping[str, np.ndarray], span_mask: np.ndarray, span_word_bounds: np.ndarray,
+                        codec: evaluation.TripletCodec) -> Tuple[np.ndarray, List[int]]:
+  """`term_codes` of all rows together: (codes, edges of the groups row 0 aspects, row 0
+  opinions, row 1 aspects, ...)."""
+  span_type = _candidate_types(decoded)
+  rows, candidates = np.nonzero(np.asarray(span_mask, bool) & (span_type != 0))
+  bounds = np.asarray(span_word_bounds)[rows, candidates]
+  groups = 2 * rows + span_type[rows, candidates] - 1
+  return _unique_per_group(groups, codec.span_codes(bounds[:, 0], bounds[:, 1]), codec.span_limit,
+                           2 * span_type.shape[0])
 
 
 def term_codes(decoded: Mapping[str, np.ndarray], span_mask: np.ndarray, span_word_bounds: np.ndarray,
@@ -212,13 +236,8 @@ def term_codes(decoded: Mapping[str, np.ndarray], span_mask: np.ndarray, span_wo
   """
   if codec is None:
     codec = batch_codec(span_word_bounds)
-  span_type = _candidate_types(decoded)
-  rows, candidates = np.nonzero(np.asarray(span_mask, bool) & (span_type != 0))
-  bounds = np.asarray(span_word_bounds)[rows, candidates]
-  groups = 2 * rows + span_type[rows, candidates] - 1  # (row, aspect) or (row, opinion)
-  codes = _unique_per_group(groups, codec.span_codes(bounds[:, 0], bounds[:, 1]), codec.span_limit,
-                            2 * span_type.shape[0])
-  return [(codes[2 * row], codes[2 * row + 1]) for row in range(span_type.shape[0])]
+  groups = _split(*_grouped_term_codes(decoded, span_mask, span_word_bounds, codec))
+  return list(zip(groups[0::2], groups[1::2]))
 
 
 def decoded_triplets(decoded: Mapping[str, np.ndarray], span_word_bounds: np.ndarray,
@@ -237,7 +256,8 @@ def decoded_triplets(decoded: Mapping[str, np.ndarray], span_word_bounds: np.nda
     B sets of `Triplet(aspect=span a, opinion=span b, sentiment)`, spans of Python ints.
   """
   codec = batch_codec(span_word_bounds)
-  return [codec.triplets(codes) for codes in triplet_codes(decoded, span_word_bounds, codec, keep_invalid)]
+  codes, edges = _grouped_triplet_codes(decoded, span_word_bounds, codec, keep_invalid)
+  return [set(row) for row in _split(codec.triplet_list(codes), edges)]
 
 
 def decoded_terms(decoded: Mapping[str, np.ndarray], span_mask: np.ndarray,
@@ -245,5 +265,6 @@ def decoded_terms(decoded: Mapping[str, np.ndarray], span_mask: np.ndarray,
   """(aspect spans, opinion spans) per row: every real candidate whose argmax is target /
   opinion, whether or not it was among the k kept for pairing (released term scoring)."""
   codec = batch_codec(span_word_bounds)
-  return [(codec.spans(aspects), codec.spans(opinions))
-          for aspects, opinions in term_codes(decoded, span_mask, span_word_bounds, codec)]
+  codes, edges = _grouped_term_codes(decoded, span_mask, span_word_bounds, codec)
+  groups = [set(group) for group in _split(codec.span_list(codes), edges)]
+  return list(zip(groups[0::2], groups[1::2]))
