@@ -93,6 +93,8 @@ BASE_VARIANTS: Dict[str, Tuple[str, str, str, Dict[str, Any]]] = {
     "adamw_1dev_remat_full": ("data:1", "full", "float32", {}),
     "adamw_1dev_remat_dots": ("data:1", "dots", "float32", {}),
     "adamw_fsdp8_remat_full": ("fsdp:8", "full", "float32", {}),
+    # The same AdamW arithmetic applied in place, one layer / row block at a time.
+    "adamw_1dev_remat_full_sliced": ("data:1", "full", "float32", {"update": "sliced"}),
 }
 LEAN_VARIANTS: Dict[str, Tuple[str, str, str, Dict[str, Any]]] = {
     # AdamW's full state, only activations made lean.
@@ -112,10 +114,18 @@ LEAN_VARIANTS: Dict[str, Tuple[str, str, str, Dict[str, Any]]] = {
     # Same without gradient clipping: how much of the update's temp the clipped copy costs.
     "lean_full_bf16_factored_nomomentum_noclip": ("data:1", "full", "bfloat16",
                                                   {"second_moment": "factored", "b1": 0.0, "max_grad_norm": 0.0}),
+    # The sliced update (optim.make_update_fn): the optimizer's temporaries one slice big.
+    "lean_full_bf16_adamw_bf16moments_sliced": ("data:1", "full", "bfloat16",
+                                                {"moment_dtype": "bfloat16", "update": "sliced"}),
+    "lean_full_bf16_factored_bf16m_sliced": ("data:1", "full", "bfloat16",
+                                             {"second_moment": "factored", "moment_dtype": "bfloat16",
+                                              "update": "sliced"}),
+    "lean_full_bf16_factored_nomomentum_sliced": ("data:1", "full", "bfloat16",
+                                                  {"second_moment": "factored", "b1": 0.0, "update": "sliced"}),
 }
 VARIANTS = {**BASE_VARIANTS, **LEAN_VARIANTS}
 GOALS_GIB = {"adamw_fsdp8": 7.0, "adamw_fsdp8_remat_full": 7.0, "adamw_1dev": 38.0, "adamw_1dev_remat_full": 38.0,
-             "adamw_1dev_remat_dots": 38.0, "lean": 15.0}
+             "adamw_1dev_remat_dots": 38.0, "adamw_1dev_remat_full_sliced": 38.0, "lean": 15.0}
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -242,7 +252,8 @@ def plan_variant(args: argparse.Namespace, name: str) -> Dict[str, float]:
   batch_sharding = sharding.batch_sharding(mesh)
   abstract_batch = {key: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=batch_sharding)
                     for key, leaf in plain_batch.items()}
-  step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings)
+  step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings,
+                                 optim.make_update_fn(optimizer_config, total_steps, optimizer))
   lowered = step.lower(abstract_state, abstract_batch)
   lower_s = time.perf_counter() - start
   compiled = lowered.compile()
@@ -257,7 +268,8 @@ def plan_variant(args: argparse.Namespace, name: str) -> Dict[str, float]:
       "mesh": mesh_spec, "remat_policy": remat, "compute_dtype": compute_dtype,
       "optimizer": optimizer_config.second_moment + (f", moments {optimizer_config.moment_dtype}"
                                                      if optimizer_config.moment_dtype else "")
-                   + (", no first moment" if optimizer_config.b1 == 0 else ""),
+                   + (", no first moment" if optimizer_config.b1 == 0 else "")
+                   + f", {optimizer_config.update} update",
       "argument_gib": memory.argument_size_in_bytes / GIB,
       "output_gib": memory.output_size_in_bytes / GIB,
       "temp_gib": memory.temp_size_in_bytes / GIB,

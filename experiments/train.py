@@ -69,6 +69,11 @@ HELP = {
     "gradient_accumulation_steps": "Micro-batches accumulated per optimizer update.",
     "moment_dtype": "Storage dtype of the optimizer's moments (e.g. bfloat16 halves them); unset = float32.",
     "second_moment": "full (Adam) or factored (row/column second moments: a memory-lean Adam approximation).",
+    "first_moment": "Keep Adam's first moment (b1 = 0.9); --nofirst_moment drops it (b1 = 0), saving one "
+                    "parameter-sized state.",
+    "optimizer_update": "whole (the optax chain over all parameters) or sliced (the same arithmetic applied "
+                        "in place one layer / row block at a time: its temporaries are one slice big; "
+                        "no gradient accumulation).",
     "epochs": "Training epochs.",
     "max_steps": "Stop after this many steps, overriding --epochs (0 = use --epochs).",
     "seed": "Random seed (initialisation, sampling, dropout).",

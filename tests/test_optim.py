@@ -182,3 +182,77 @@ def test_factored_second_moment_state_is_small_and_updates_descend():
   assert float(loss(params)) < 0.5 * start
   with pytest.raises(ValueError, match="second_moment"):
     optim.OptimizerConfig(second_moment="sparse")
+
+
+def test_factored_view_merges_short_neighbours_from_the_right():
+  assert optim.factored_view((1536, 24, 64)) == (1536, 1536)
+  assert optim.factored_view((24, 64, 1536)) == (1536, 1536)
+  assert optim.factored_view((47, 1536, 24, 64)) == (47, 1536, 1536)  # layers stay a batch axis
+  assert optim.factored_view((47, 24, 64, 1536)) == (47, 1536, 1536)
+  assert optim.factored_view((2, 3072, 6144)) == (2, 3072, 6144)
+  assert optim.factored_view((7,)) == (7,)
+
+
+def test_factored_decay_starts_at_zero_and_is_capped():
+  np.testing.assert_allclose(optim.factored_decay(jnp.asarray(1), 0.999), 0.0)
+  np.testing.assert_allclose(optim.factored_decay(jnp.asarray(2), 0.999), 1 - 2**-0.8, rtol=1e-6)
+  np.testing.assert_allclose(optim.factored_decay(jnp.asarray(10**6), 0.999), 0.999)
+
+
+def _lean_params(rng):
+  return {
+      "word_embeddings": {"embedding": rng.normal(size=(300, 160)).astype(np.float32)},  # 2-D, factored
+      "layer": {"kernel": rng.normal(size=(5, 130, 2, 64)).astype(np.float32),  # stacked [5, 130, 128]
+                "bias": rng.normal(size=(5, 40)).astype(np.float32)},
+      "LayerNorm": {"scale": rng.normal(size=(7,)).astype(np.float32)},
+      "lstm": {"kernel": rng.normal(size=(2, 20, 30)).astype(np.float32)},
+  }
+
+
+@pytest.mark.parametrize("second_moment", ["full", "factored"])
+@pytest.mark.parametrize("b1", [0.9, 0.0])
+@pytest.mark.parametrize("moment_dtype", [None, "bfloat16"])
+def test_sliced_update_equals_the_chain(second_moment, b1, moment_dtype):
+  rng = np.random.default_rng(7)
+  params = _lean_params(rng)
+  config = optim.OptimizerConfig(learning_rate=1e-2, warmup_fraction=0.2, second_moment=second_moment, b1=b1,
+                                 moment_dtype=moment_dtype, max_grad_norm=5.0)
+  chain = optim.make_optimizer(config, 10)
+  whole = jax.jit(optim.make_update_fn(config, 10, chain))
+  # 4 kB slices: every large leaf is cut (the embedding into row blocks, two passes).
+  sliced = jax.jit(optim.make_update_fn(optim.OptimizerConfig(**{**config.__dict__, "update": "sliced"}), 10,
+                                        slice_bytes=4096))
+  state_a = state_b = chain.init(params)
+  params_a = params_b = params
+  for step in range(4):
+    grads = jax.tree.map(lambda p: (rng.normal(size=p.shape) * (0.1 if step == 0 else 3)).astype(np.float32),
+                         params)
+    finite = step != 2
+    if not finite:
+      grads["LayerNorm"]["scale"][0] = np.nan
+    params_a, state_a = whole(grads, state_a, params_a, jnp.asarray(finite))
+    params_b, state_b = sliced(grads, state_b, params_b, jnp.asarray(finite))
+  assert jax.tree.structure(state_a) == jax.tree.structure(state_b)
+  moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params)))
+  assert moved > 1e-3
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    # bfloat16 moments may round the (float32-equal to 1e-7) statistics one ulp apart.
+    tolerance = 1e-2 if a.dtype == jnp.bfloat16 else 1e-5
+    np.testing.assert_allclose(np.asarray(b, np.float32), np.asarray(a, np.float32), rtol=tolerance, atol=1e-6)
+
+
+def test_sliced_update_rejects_accumulation():
+  with pytest.raises(ValueError, match="accumulation"):
+    optim.OptimizerConfig(update="sliced", gradient_accumulation_steps=2)
+  with pytest.raises(ValueError, match="update"):
+    optim.OptimizerConfig(update="partial")
+
+
+def test_slice_count():
+  assert optim.slice_count(47, 1_692_401_664, 32 * 2**20) == 47
+  assert optim.slice_count(128100, 787_046_400, 32 * 2**20) == 25
+  assert optim.slice_count(7, 100, 1000) == 1
+  assert optim.slice_count(13, 13_000, 10) == 13  # no divisor gets there: one row at a time

@@ -81,7 +81,8 @@ def _first_losses(config, data, mesh_spec, steps=3):
   optimizer = optim.make_optimizer(optimizer_config, 10)
   state, shardings = trainer.create_train_state(model, optimizer, batches[0], 0, mesh)
   step_fn = trainer.make_train_step(model, optimizer, optim.learning_rate_schedule(optimizer_config, 10),
-                                    model_config, 1, mesh, shardings)
+                                    model_config, 1, mesh, shardings,
+                                    optim.make_update_fn(optimizer_config, 10, optimizer, slice_bytes=2048))
   losses = []
   for batch in batches:
     state, metrics = step_fn(state, sharding.shard_batch(batch, mesh))
@@ -105,6 +106,18 @@ def test_sharded_training_matches_one_device(tmp_path, monkeypatch):
   assert len(word_embeddings.sharding.device_set) == 8
   head_specs = {str(leaf.sharding.spec) for leaf in jax.tree.leaves(state.params["head"])}
   assert any("fsdp" in spec for spec in head_specs), head_specs
+
+
+@pytest.mark.parametrize("lean", [dict(), dict(second_moment="factored", first_moment=False)])
+def test_sliced_optimizer_update_matches_the_whole_one(tmp_path, lean):
+  config = config_lib.TrainConfig(**{**TINY, **lean})
+  data = trainer.prepare_data(config, tmp_path)
+  whole_losses, whole = _first_losses(config, data, "data:1")
+  sliced_losses, sliced = _first_losses(config.replace(optimizer_update="sliced"), data, "data:1")
+  np.testing.assert_allclose(sliced_losses, whole_losses, rtol=1e-6)
+  for got, want in zip(jax.tree.leaves((sliced.params, sliced.opt_state)),
+                       jax.tree.leaves((whole.params, whole.opt_state))):
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-5, atol=1e-6)
 
 
 def _train_command(workdir, flagfile):
@@ -195,14 +208,17 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeyp
   model, model_config, _ = trainer.build_model(config, data.tokenizer)
   batch = next(batching.train_batches(data.encoded["train"], config.batch_config(data.tokenizer, True), 0, 0))
   optimizer = optim.make_optimizer(config.optimizer_config(), 10)
-  state, shardings = trainer.create_train_state(model, optimizer, batch, 0, mesh)
-  before = jax.tree.map(np.asarray, (state.params, state.opt_state))
-  step_fn = trainer.make_train_step(model, optimizer, optim.learning_rate_schedule(config.optimizer_config(), 10),
-                                    model_config, 1, mesh, shardings)
-  state, metrics = step_fn(state, sharding.shard_batch(batch, mesh))
-  assert bool(metrics["skipped"]) and int(state.step) == 1 and int(state.consecutive_skips) == 1
-  for got, want in zip(jax.tree.leaves((state.params, state.opt_state)), jax.tree.leaves(before)):
-    np.testing.assert_array_equal(np.asarray(got), want)
+  for update in ("whole", "sliced"):
+    optimizer_config = config.replace(optimizer_update=update).optimizer_config()
+    state, shardings = trainer.create_train_state(model, optimizer, batch, 0, mesh)
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    step_fn = trainer.make_train_step(model, optimizer, optim.learning_rate_schedule(optimizer_config, 10),
+                                      model_config, 1, mesh, shardings,
+                                      optim.make_update_fn(optimizer_config, 10, optimizer, slice_bytes=2048))
+    state, metrics = step_fn(state, sharding.shard_batch(batch, mesh))
+    assert bool(metrics["skipped"]) and int(state.step) == 1 and int(state.consecutive_skips) == 1
+    for got, want in zip(jax.tree.leaves((state.params, state.opt_state)), jax.tree.leaves(before)):
+      np.testing.assert_array_equal(np.asarray(got), want)
 
 
 def test_train_seeds_table(tmp_path, monkeypatch):

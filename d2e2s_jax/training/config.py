@@ -85,6 +85,8 @@ class TrainConfig:
   gradient_accumulation_steps: int = 1
   moment_dtype: Optional[str] = None
   second_moment: str = "full"
+  first_moment: bool = True  # False: no first moment (b1 = 0), Adafactor-style
+  optimizer_update: str = "whole"  # "sliced": in place, one layer / row block at a time
   # Loop.
   epochs: int = 120
   max_steps: int = 0  # > 0 stops after that many steps (and sets the schedule's length)
@@ -143,6 +145,8 @@ class TrainConfig:
         gradient_accumulation_steps=self.gradient_accumulation_steps,
         moment_dtype=self.moment_dtype,
         second_moment=self.second_moment,
+        b1=0.9 if self.first_moment else 0.0,
+        update=self.optimizer_update,
     )
 
   def scratch_encoder_config(self, vocab_size: int, pad_token_id: int) -> DebertaV2Config:

@@ -183,13 +183,15 @@ def with_pretrained_encoder(state: TrainState, encoder_params: Any, shardings: T
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     model_config: d2e2s.D2E2SConfig, accumulation_steps: int, mesh: jax.sharding.Mesh,
-                    state_shardings: Any):
+                    state_shardings: Any, update_fn: Optional[optim.UpdateFn] = None):
   """The jitted training step: loss, gradients, a finite-guarded optimizer update.
 
   A step whose loss or gradients are not finite leaves parameters and optimizer state
   unchanged and is counted (`consecutive_skips`, `total_skips`); the host stops the run
-  when a run of them gets too long.
+  when a run of them gets too long. `update_fn` applies the optimizer
+  (`optim.make_update_fn`; default: `optimizer`'s chain over the whole tree).
   """
+  update_fn = update_fn or optim.whole_update_fn(optimizer)
   traces = [0]
 
   def train_step(state: TrainState, batch: Dict[str, jax.Array]):
@@ -201,17 +203,13 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
       return losses.d2e2s_loss(outputs, batch, model_config.kl_weight)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    # Any inf or NaN gradient makes the norm non-finite (so does a norm beyond float32's
+    # range, a step worth skipping too); unlike an isfinite mask per leaf, it needs no
+    # parameter-sized temporaries (up to 1.6 GB on the xxlarge model).
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    def apply_update(_):
-      updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-      return optax.apply_updates(state.params, updates), new_opt_state
-
-    # A branch, not jnp.where over the whole state: with `where` XLA materialises the new
-    # state beside the old one (13 GiB more on the xxlarge model, benchmarks/memory_plan.py).
-    new_params, new_opt_state = jax.lax.cond(finite, apply_update, lambda _: (state.params, state.opt_state),
-                                             None)
+    new_params, new_opt_state = update_fn(grads, state.opt_state, state.params, finite)
     consecutive = jnp.where(finite, 0, state.consecutive_skips + 1)
     new_state = state.replace(
         step=state.step + 1,
@@ -227,7 +225,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
         "entity_loss": parts["entity"],
         "sentiment_loss": parts["sentiment"],
         "kl_term": parts["kl_term"],
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
         "learning_rate": schedule(applied_updates),
         "skipped": ~finite,
         "total_skips": new_state.total_skips,
@@ -353,7 +351,8 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
   log = metrics_log.MetricsLog(workdir, resume_step=start_step if restored is not None else None)
 
   train_step = make_train_step(model, optimizer, schedule, model_config,
-                               optimizer_config.gradient_accumulation_steps, mesh, state_shardings)
+                               optimizer_config.gradient_accumulation_steps, mesh, state_shardings,
+                               optim.make_update_fn(optimizer_config, updates, optimizer))
   predict_step = make_predict_step(model, mesh, state_shardings.params)
 
   def run_eval(step: int) -> None:
