@@ -3,7 +3,7 @@
 One prepared script for a GPU/TPU session (issue 7, "Performance"); it also runs on the
 CPU with tiny sizes (tests/test_accelerator_benchmark.py). Parts (`--parts`):
 
-* `step_bf16_remat`, `step_f32_remat`, `step_f32`, `step_bf16`: the real jitted D2E2S
+* `step_bf16_remat`, `step_lean`, `step_f32_remat`, `step_f32`, `step_bf16`: the real jitted D2E2S
   training step (`trainer.create_train_state` + `trainer.make_train_step`: donated
   state, explicit shardings, mesh `data:1`, the guide's AdamW) of a randomly initialised
   DeBERTa-v2 encoder (default xxlarge: 48 layers, width 1536, 24 heads, FFN 6144, vocab
@@ -12,7 +12,8 @@ CPU with tiny sizes (tests/test_accelerator_benchmark.py). Parts (`--parts`):
   edges: `memory_plan.batch_spec`'s shapes; every row a real sentence of T pieces,
   edges from `graphs.sentence_edges` over a random dependency tree). Compute dtype
   float32 or bfloat16 (parameters and Adam moments stay float32), encoder layers
-  rematerialised (`remat_policy="full"`) or not. Per part: lowering and compile time,
+  rematerialised (`remat_policy="full"`) or not; `step_lean` is the memory-lean mode
+  (bfloat16, remat, factored second moment, no first moment, sliced update). Per part: lowering and compile time,
   XLA's `memory_analysis` of the compiled step, median seconds per step over `--steps`
   steps each blocked on its outputs (after `--warmup` untimed steps), the same steps
   dispatched back to back (`pipelined_step_s`), sentences/s, tokens/s (B * T per step),
@@ -157,16 +158,19 @@ from d2e2s_jax.data import graphs, sampling  # pylint: disable=wrong-import-posi
 GIB = 2**30
 SCRIPT = os.path.abspath(__file__)
 
-# part -> (compute dtype, remat policy); "encoder" is the encoder comparison.
+# part -> (compute dtype, remat policy, TrainConfig optimizer overrides); "encoder" is the
+# encoder comparison. `step_lean` is README's 16 GB single-GPU mode.
 STEP_PARTS = {
-    "step_bf16_remat": ("bfloat16", "full"),
-    "step_f32_remat": ("float32", "full"),
-    "step_f32": ("float32", "none"),
-    "step_bf16": ("bfloat16", "none"),
+    "step_bf16_remat": ("bfloat16", "full", {}),
+    "step_lean": ("bfloat16", "full", {"second_moment": "factored", "first_moment": False,
+                                       "optimizer_update": "sliced"}),
+    "step_f32_remat": ("float32", "full", {}),
+    "step_f32": ("float32", "none", {}),
+    "step_bf16": ("bfloat16", "none", {}),
 }
 PARTS = (*STEP_PARTS, "encoder")
 # Most wanted first: a timeout cuts the least important part.
-DEFAULT_PARTS = ("step_bf16_remat", "step_f32_remat", "encoder", "step_f32")
+DEFAULT_PARTS = ("step_bf16_remat", "step_lean", "step_f32_remat", "encoder", "step_f32")
 
 # Dense (no sparsity) peak TFLOP/s per device: (lower-cased substring of device_kind,
 # {"bfloat16", "tf32", "float32"}). First match wins, so specific names come first.
@@ -470,8 +474,9 @@ def step_part(args: argparse.Namespace, name: str, save: Save) -> Dict[str, Any]
   from d2e2s_jax.training import optim, sharding, trainer  # pylint: disable=import-outside-toplevel
   from d2e2s_jax.training.config import TrainConfig  # pylint: disable=import-outside-toplevel
 
-  compute_dtype, remat = STEP_PARTS[name]
+  compute_dtype, remat, optimizer_overrides = STEP_PARTS[name]
   figures: Dict[str, Any] = {**device_facts(), "compute_dtype": compute_dtype, "remat_policy": remat,
+                             "optimizer": optimizer_overrides,
                              "batch": args.batch, "length": args.length, "spans": args.spans, "pairs": args.pairs,
                              "edges": args.edges, "layers": args.layers, "hidden": args.hidden,
                              "vocab": args.vocab}
@@ -479,7 +484,7 @@ def step_part(args: argparse.Namespace, name: str, save: Save) -> Dict[str, Any]
   encoder_config = memory_plan.encoder_config(args)
   config = TrainConfig(encoder="scratch", remat_policy=remat, compute_dtype=compute_dtype,
                        hidden_dim=args.hidden // 2, attention_heads=args.head_attention_heads, mesh="data:1",
-                       batch_size=args.batch, seed=args.seed)
+                       batch_size=args.batch, seed=args.seed, **optimizer_overrides)
   model_config = config.model_config(encoder_config)
   model = d2e2s.D2E2S(model_config)
   optimizer_config = config.optimizer_config()
@@ -496,7 +501,8 @@ def step_part(args: argparse.Namespace, name: str, save: Save) -> Dict[str, Any]
   figures["param_count"] = int(sum(np.size(leaf) for leaf in jax.tree.leaves(state.params)))
   dense = dense_parameter_count(state.params)
   figures["dense_param_count"] = dense["per_token"]
-  step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings)
+  step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings,
+                                 optim.make_update_fn(optimizer_config, total_steps, optimizer))
   device_batch = jax.block_until_ready(sharding.shard_batch(batch, mesh))
 
   start = time.perf_counter()

@@ -76,9 +76,11 @@ def check_step(row, compute_dtype, remat):
 
 
 def test_step_part_in_a_subprocess(capsys, tmp_path):
-  figures = run(capsys, tmp_path, "--parts", "step_bf16_remat", "--isolate", "yes")
-  assert list(figures["parts"]) == ["step_bf16_remat"]
-  check_step(figures["parts"]["step_bf16_remat"], "bfloat16", "full")
+  # The lean part: bfloat16 + remat like step_bf16_remat, plus the lean optimizer.
+  figures = run(capsys, tmp_path, "--parts", "step_lean", "--isolate", "yes")
+  assert list(figures["parts"]) == ["step_lean"]
+  check_step(figures["parts"]["step_lean"], "bfloat16", "full")
+  assert figures["parts"]["step_lean"]["optimizer"]["optimizer_update"] == "sliced"
 
 
 # Between the two long tests: `pytest -n 2` hands each worker two tests first.
@@ -153,7 +155,7 @@ def test_budget_skips_parts_and_still_writes_json(capsys, tmp_path):
   output = tmp_path / "accelerator.json"
   figures = load_benchmark().main([*TINY, "--budget_s", "1", "--json", "--output", str(output)])
   assert json.loads(output.read_text()) == json.loads(json.dumps(figures))
-  assert list(figures["parts"]) == ["step_bf16_remat", "step_f32_remat", "encoder", "step_f32"]
+  assert list(figures["parts"]) == ["step_bf16_remat", "step_lean", "step_f32_remat", "encoder", "step_f32"]
   assert all(row["error"].startswith("skipped") for row in figures["parts"].values())
   assert "ERROR skipped" in capsys.readouterr().out
 
