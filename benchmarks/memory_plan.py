@@ -69,9 +69,36 @@ from typing import Any, Dict, List, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
 
-# Fake devices must exist before jax is imported (anywhere).
+# XLA's CPU scheduler: "memory" (the list scheduler that minimises live bytes) or
+# "concurrency" (the CPU default: orders for parallelism, e.g. allocates the encoder's
+# gradient accumulators during the forward pass). See the module docstring.
+SCHEDULER_FLAGS = {"memory": "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+                   "concurrency": "--xla_cpu_enable_concurrency_optimized_scheduler=true"}
+
+
+def _scheduler_from_argv(argv: List[str]) -> str:
+  for index, arg in enumerate(argv):
+    if arg.startswith("--scheduler="):
+      return arg.split("=", 1)[1]
+    if arg == "--scheduler" and index + 1 < len(argv):
+      return argv[index + 1]
+  return "memory"
+
+
+def scheduler_in_effect() -> str:
+  """The scheduler XLA_FLAGS selects ("concurrency" when unset: XLA's CPU default)."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  return "memory" if SCHEDULER_FLAGS["memory"] in flags else "concurrency"
+
+
+# Fake devices and the scheduler must be set before jax is imported (anywhere).
 if __name__ == "__main__" or "jax" not in sys.modules:
   common.force_host_devices(8)
+  _scheduler = SCHEDULER_FLAGS.get(_scheduler_from_argv(sys.argv[1:]) if __name__ == "__main__" else "memory")
+  if _scheduler:
+    os.environ["XLA_FLAGS"] = " ".join(
+        [flag for flag in os.environ["XLA_FLAGS"].split()
+         if not flag.startswith("--xla_cpu_enable_concurrency_optimized_scheduler")] + [_scheduler])
 
 import flax.linen as nn  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
@@ -146,6 +173,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
   parser.add_argument("--split_gradients", action="store_true",
                       help="also compile loss + gradients alone: its temp is the activations' share")
+  parser.add_argument("--scheduler", choices=sorted(SCHEDULER_FLAGS), default="memory",
+                      help="XLA CPU scheduler (set before jax starts; see the module docstring)")
   parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
   args = parser.parse_args(argv)
   args.variants = [name.strip() for name in args.variants.split(",") if name.strip()]
@@ -305,6 +334,9 @@ def main(argv: List[str]) -> Dict[str, Any]:
   if len(jax.devices()) < 8:
     raise SystemExit(f"need 8 (fake) devices, found {len(jax.devices())}: set XLA_FLAGS="
                      "--xla_force_host_platform_device_count=8 before jax is imported")
+  if args.scheduler != scheduler_in_effect():
+    common.log(f"warning: --scheduler={args.scheduler} but XLA_FLAGS (fixed when jax started) select the "
+               f"{scheduler_in_effect()} scheduler; the figures are for the latter")
   results: Dict[str, Any] = {}
   for name in args.variants:
     common.log(f"compiling {name} ...")
@@ -315,6 +347,7 @@ def main(argv: List[str]) -> Dict[str, Any]:
                f"(compile {row['compile_s']:.0f} s)")
   first = results[args.variants[0]]
   figures = {
+      "scheduler": scheduler_in_effect(),
       "layers": args.layers, "vocab": args.vocab, "hidden": args.hidden, "heads": args.heads, "ffn": args.ffn,
       "batch": args.batch, "length": args.length, "spans": args.spans, "pairs": args.pairs, "edges": args.edges,
       "param_count": first["param_count"], "devices": len(jax.devices()), "variants": results,
@@ -322,7 +355,7 @@ def main(argv: List[str]) -> Dict[str, Any]:
   if not args.json:
     print(f"D2E2S training step, {args.layers} layers, width {args.hidden}, vocab {args.vocab}, "
           f"{first['param_count'] / 1e6:.1f}M parameters; batch {args.batch} x T {args.length} "
-          f"(S {args.spans}, P {args.pairs}, E {args.edges}); GiB per device")
+          f"(S {args.spans}, P {args.pairs}, E {args.edges}); {scheduler_in_effect()} scheduler; GiB per device")
     columns = ("peak_gib", "argument_gib", "output_gib", "temp_gib", "alias_gib", "params_gib", "opt_state_gib",
                "grads_gib", "temp_minus_grads_gib", "compile_s")
     print(f"{'variant':36s} " + " ".join(f"{c.replace('_gib', ''):>10s}" for c in columns) + "  goal")

@@ -256,3 +256,19 @@ def test_slice_count():
   assert optim.slice_count(128100, 787_046_400, 32 * 2**20) == 25
   assert optim.slice_count(7, 100, 1000) == 1
   assert optim.slice_count(13, 13_000, 10) == 13  # no divisor gets there: one row at a time
+
+
+def test_optimizer_update_benchmark_runs_tiny():
+  import importlib.util, pathlib  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "optimizer_update.py"
+  spec = importlib.util.spec_from_file_location("benchmark_optimizer_update", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  figures = module.main(["--layers", "2", "--hidden", "256", "--heads", "4", "--ffn", "512", "--vocab", "600",
+                         "--repeats", "1", "--json"])
+  for name in ("adamw", "lean"):
+    row = figures["optimizers"][name]
+    assert row["whole_s"] > 0 and row["sliced_s"] > 0 and row["sliced_over_whole"] > 0
+    assert row["whole_temp_mib"] >= 0 and row["sliced_temp_mib"] >= 0
+  with pytest.raises(SystemExit):
+    module.parse_args(["--optimizers", "sgd"])

@@ -267,13 +267,13 @@ def scale_by_factored_adam(b1: float, b2: float, eps: float,
   def init_fn(params):
     def leaf(p):
       view = factored_view(p.shape)
-      placeholder = jnp.zeros((1,), jnp.float32)
+      placeholder = lambda: jnp.zeros((1,), jnp.float32)  # a buffer each: states are donated
       dtype = moment_dtype or jnp.float32
       if _is_factored(view):
-        v_row, v_col, v = (jnp.zeros(view[:-1], dtype), jnp.zeros(view[:-2] + view[-1:], dtype), placeholder)
+        v_row, v_col, v = (jnp.zeros(view[:-1], dtype), jnp.zeros(view[:-2] + view[-1:], dtype), placeholder())
       else:
-        v_row, v_col, v = placeholder, placeholder, jnp.zeros(p.shape, dtype)
-      mu = jnp.zeros(p.shape, dtype) if b1 > 0 else placeholder
+        v_row, v_col, v = placeholder(), placeholder(), jnp.zeros(p.shape, dtype)
+      mu = jnp.zeros(p.shape, dtype) if b1 > 0 else placeholder()
       return v_row, v_col, v, mu
 
     out = jax.tree.map(leaf, params)
