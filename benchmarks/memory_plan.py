@@ -20,7 +20,14 @@ Variants (`--variants`, comma-separated; default all):
   everything, on one device, `fsdp:8`, `data:2,fsdp:4`; `adamw_*_remat_*` the same with
   the encoder's layers rematerialised.
 * `lean_*` (one device, float32 master weights kept): rematerialised encoder layers,
-  bfloat16 compute, and a leaner optimizer state (see `LEAN_VARIANTS`).
+  bfloat16 compute, a leaner optimizer state (see `LEAN_VARIANTS`); `*_sliced` apply
+  the optimizer in place slice by slice (`optim.make_update_fn`).
+
+Scheduler (`--scheduler`, set through XLA_FLAGS before jax starts): `memory` (default)
+is XLA's memory-minimising list scheduler; `concurrency` is the CPU compiler's default,
+which orders for parallelism and, for instance, allocates the encoder's gradient
+accumulators (6 GiB) during the forward pass. An accelerator compiler schedules under
+its device's memory limit, so `memory` is the closer model; both are reported.
 
 Caveats: these are the CPU backend's buffer assignments. A GPU/TPU compilation fuses
 differently (and the TPU one rematerialises on its own when short of memory), so treat
@@ -29,28 +36,30 @@ reported as one copy of the parameters in float32 with the parameters' sharding;
 may keep them live in pieces (they are part of `temp`).
 
 Measured 2026-11-28 (jax 0.10.2 CPU, 8 fake devices; 1,736,873,182 parameters of
-which the head holds 172M, replicated; GiB per device, peak = arg + out + temp - alias).
-With the trainer's step as it is now (finite guard as `lax.cond`):
+which the head holds 172M; GiB per device, peak = arg + out + temp - alias):
 
-  variant                              peak    arg   temp  goal
-  adamw_1dev_remat_full               32.41  19.41  13.00  38 met
-  adamw_fsdp8_remat_full               4.56   2.43   2.13   7 met
-  adamw_data2_fsdp4                   13.45   4.86   8.59
-  lean_full_bf16_factored_nomomentum  25.89   8.17  17.72  15 missed
+  variant                                    memory  concurrency  goal
+  adamw_1dev_remat_full                       28.02        32.41    38 met
+  adamw_1dev_remat_full_sliced                28.56        29.31
+  adamw_fsdp8_remat_full                       3.76         4.39     7 met
+  adamw_data2_fsdp4                           12.27        13.33
+  lean_full_bf16_factored_nomomentum          16.51        25.93
+  lean_full_bf16_factored_nomomentum_sliced   13.72        16.30    15 met (memory)
+  lean_full_bf16_factored_bf16m_sliced        17.13        19.62
+  lean_full_bf16_adamw_bf16moments_sliced     20.36        22.86
 
-(the sharded figures with the head's large arrays split over fsdp, `sharding.fsdp_fallback`;
-replicated, they were 6.82 and 14.77).
+The lean variant's arrays: parameters 6.47 (float32 master weights), gradients 6.47
+(float32), optimizer state 0.01; the remaining 0.77 is activations and one slice of the
+update. With the optimizer over whole leaves (`_sliced` absent) the update's
+temporaries, up to a leaf each (a stacked FFN kernel is 1.65 GiB), come on top.
 
-Earlier, with the guard as `jnp.where(finite, new, old)` over the whole state (XLA kept
-the new state beside the old one): adamw_1dev 54.09, adamw_1dev_remat_full 45.31,
-adamw_fsdp8 17.79, adamw_fsdp8_remat_full 9.37, adamw_data2_fsdp4 16.64,
-lean_full_bf16_adamw_bf16moments 32.00, lean_full_bf16_factored_bf16m 28.24,
-lean_full_bf16_factored_nomomentum 22.47 (the CPU compiler's plan for the factored
-optimizer is not monotone: the branch made it larger). With `--split_gradients`,
-adamw_1dev's loss + gradients alone need 21.70 GiB of temp besides the 6.47 GiB of
-gradients. float32 master weights plus float32 gradients are 12.9 GiB on one device, so
-the 15 GiB lean goal needs bfloat16 gradients or per-layer optimizer updates. Compiles
-took 20-40 s each on an idle two-core machine (1.5-8 minutes under load).
+History: the finite guard as `jnp.where(finite, new, old)` over the whole state made
+XLA keep the new state beside the old one (adamw_1dev 54.09, adamw_1dev_remat_full
+45.31 with the concurrency scheduler); `lax.cond` took that to 32.41. The head's large
+arrays split over fsdp (`sharding.fsdp_fallback`) took adamw_fsdp8_remat_full from 6.82
+to 4.56 (concurrency). optax's factored rule left attention kernels [d, heads, head_dim]
+unfactored (1.7 GiB of state); `optim.factored_view` factors them. Compiles take 20-40
+s each on an idle two-core machine (1.5-8 minutes under load).
 
   python benchmarks/memory_plan.py                       # xxlarge, every variant
   python benchmarks/memory_plan.py --layers 2 --vocab 1000 --hidden 64 --heads 2 \\
