@@ -16,7 +16,10 @@ Two ways to apply it (`OptimizerConfig.update`), the same arithmetic (tested):
   layer of the scanned encoder stack, a block of embedding rows -- inside a
   `lax.fori_loop` that writes parameters and moments in place, so every intermediate is
   one slice big (the memory-lean mode, README "Sharding and memory"). Meant for one
-  device or a pure-data mesh; no gradient accumulation.
+  device or a pure-data mesh; no gradient accumulation. Where a slice's parameter
+  update reads a moment that the same iteration rewrites (Adam's first and second
+  moments), XLA's CPU compiler copies that moment; the plan gains nothing for float32
+  AdamW, and most for the factored second moment without a first moment.
 
 Deliberate differences from the released optimizer:
 * Bias correction is off by default, as released (`correct_bias=False`: the first
