@@ -81,7 +81,8 @@ class OptimizerConfig:
       raise ValueError(f"update must be 'whole' or 'sliced', got {self.update!r}")
     if self.update == "sliced" and self.gradient_accumulation_steps > 1:
       raise ValueError("the sliced optimizer update does not support gradient accumulation "
-                       f"(gradient_accumulation_steps={self.gradient_accumulation_steps}); use update='whole'")
+                       f"(gradient_accumulation_steps={self.gradient_accumulation_steps}); use the whole update "
+                       "(--optimizer_update=whole)")
 
 
 def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
