@@ -270,6 +270,35 @@ def test_predict_static_shapes(params):
   np.testing.assert_allclose(decoded["span_logits"], out["span_logits"], atol=1e-6)
 
 
+def test_batch_sharded_head_gathers_no_activations():
+  """On a data-parallel mesh of 8 (fake CPU) devices the head's gathers stay per-sentence:
+  the compiled training gradient and the decoding have no all-gather (before the gathers
+  kept a batch dimension, the head's training step had a dozen). The one exception is
+  decoding's `lax.top_k` over the [B, S] span scores, which XLA partitions by gathering."""
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+  from d2e2s_jax.training import sharding  # pylint: disable=import-outside-toplevel
+
+  mesh = sharding.make_mesh("data:8")
+  head = d2e2s.D2E2SHead(TINY)
+  batch = make_batch(12, word_counts=(5, 3, 4, 2, 6, 1, 0, 3), **STANDARD)
+  hidden = _hidden(batch)
+  params = head.init(jax.random.key(0), hidden, batch)["params"]
+  rows, replicated = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+  batch = {key: jax.device_put(value, rows) for key, value in batch.items()}
+  hidden = jax.device_put(hidden, rows)
+
+  def loss(params, hidden, batch):
+    return losses.d2e2s_loss(head.apply({"params": params}, hidden, batch), batch)[0]
+
+  def decode(params, hidden, batch):
+    return head.apply({"params": params}, hidden, batch, method=d2e2s.D2E2SHead.predict)
+
+  for function in (jax.grad(loss, argnums=(0, 1)), decode):
+    compiled = jax.jit(function, in_shardings=(replicated, rows, rows)).lower(params, hidden, batch).compile()
+    gathers = [line for line in compiled.as_text().splitlines() if " all-gather(" in line or " all-gather-start(" in line]
+    assert [line for line in gathers if "top_k" not in line] == [], function
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(hidden_dim=5), "2 \\* hidden_dim"),
     (dict(graph_implementation="sparse"), "graph_implementation"),

@@ -5,6 +5,11 @@ channel over the encoder states, a syntactic and a semantic GCN over both, the f
 ("TIN": residual blocks, BiLSTM, MLP), a parameter-free self-attention residual, the span
 and pair classifiers, and the KL term between the semantic and syntactic graphs.
 
+Every gather indexed per sentence (the range-max lookups, the pair features, the span
+bounds of pairs) is written per sentence under `jax.vmap`, so that on a mesh that splits
+the batch (`data`, `fsdp`) it stays on the sentence's device instead of all-gathering
+activations to the full batch (checked on 8 fake devices in tests/test_d2e2s.py).
+
 Deliberate differences from the released code (each also noted where it happens):
 * Both LSTMs honour sentence lengths (see `lstm.py`); the released ones run unpacked.
 * The released TIN computes two residual blocks, `R_1(h + SynGCN(h))` and
@@ -121,13 +126,14 @@ class D2E2SConfig:
 
 
 def range_max_table(x: Array) -> Array:
-  """Sparse table of range maxima: table[j, b, t] = max(x[b, t : t + 2**j]) (clipped).
+  """Sparse table of range maxima: table[b, j, t] = max(x[b, t : t + 2**j]) (clipped).
 
   Args:
     x: [B, T, d].
 
   Returns:
-    [L, B, T, d] with L = floor(log2(T)) + 1.
+    [B, L, T, d] with L = floor(log2(T)) + 1 (batch first, like every activation, so
+    that it stays split with the batch on a mesh).
   """
   levels = [x]
   width = 1
@@ -137,7 +143,7 @@ def range_max_table(x: Array) -> Array:
     shifted = jnp.concatenate([previous[:, width:], previous[:, -width:]], axis=1)
     levels.append(jnp.maximum(previous, shifted))
     width *= 2
-  return jnp.stack(levels)
+  return jnp.stack(levels, axis=1)
 
 
 def range_max(table: Array, start: Array, end: Array) -> Array:
@@ -150,11 +156,13 @@ def range_max(table: Array, start: Array, end: Array) -> Array:
   """
   length = jnp.maximum(end - start, 1)
   level = jnp.zeros_like(length)
-  for j in range(1, table.shape[0]):
+  for j in range(1, table.shape[1]):
     level = level + (length >= 2 ** j)
   end_start = jnp.maximum(end - 2 ** level, 0)
-  rows = jnp.arange(start.shape[0])[:, None]
-  return jnp.maximum(table[level, rows, start], table[level, rows, end_start])
+  # Per sentence (vmap): a gather with a batch dimension, which a batch-sharded mesh
+  # partitions without gathering the table to the full batch.
+  lookup = jax.vmap(lambda sentence, levels, starts: sentence[levels, starts])
+  return jnp.maximum(lookup(table, level, start), lookup(table, level, end_start))
 
 
 class ResidualBlock(nn.Module):
@@ -290,17 +298,18 @@ class D2E2SHead(nn.Module):
   def classify_pairs(self, table: Array, span_token_bounds: Array, pool: Array, sizes: Array,
                      pair_indices: Array, deterministic: bool) -> Array:
     """Step 8: [B, P, 4] sentiment logits of ordered (head, tail) pairs of candidates."""
-    rows = jnp.arange(pool.shape[0])[:, None]
+    # Per-sentence gathers (batch dimension kept, see range_max).
+    take = jax.vmap(lambda values, indices: values[indices])
     head, tail = pair_indices[..., 0], pair_indices[..., 1]
-    head_bounds, tail_bounds = span_token_bounds[rows, head], span_token_bounds[rows, tail]
+    head_bounds, tail_bounds = take(span_token_bounds, head), take(span_token_bounds, tail)
     # The released context: positions strictly between the spans, empty when they touch
     # or overlap (its create_senti_mask).
     head_first = head_bounds[..., 1] < tail_bounds[..., 0]
     start = jnp.where(head_first, head_bounds[..., 1], tail_bounds[..., 1])
     end = jnp.where(head_first, tail_bounds[..., 0], head_bounds[..., 0])
     between = jnp.where((end > start)[..., None], range_max(table, start, end), 0)
-    inputs = jnp.concatenate([between, pool[rows, head], pool[rows, tail],
-                              sizes[rows, head].astype(pool.dtype), sizes[rows, tail].astype(pool.dtype)], axis=-1)
+    inputs = jnp.concatenate([between, take(pool, head), take(pool, tail),
+                              take(sizes, head).astype(pool.dtype), take(sizes, tail).astype(pool.dtype)], axis=-1)
     return self.senti_classifier(self.prop_dropout(inputs, deterministic=deterministic))
 
   def __call__(self, hidden: Array, batch: Mapping[str, Array], deterministic: bool = True) -> Dict[str, Array]:

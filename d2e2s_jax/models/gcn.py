@@ -62,10 +62,12 @@ class SyntacticEdges(NamedTuple):
 
   def dense(self, num_nodes: int, dtype: Any = jnp.float32) -> Array:
     """The [B, T, T] adjacency, A[b, receiver, sender] = 1 for each real edge."""
-    batch = self.senders.shape[0]
-    rows = jnp.arange(batch)[:, None]
-    adjacency = jnp.zeros((batch, num_nodes, num_nodes), dtype)
-    return adjacency.at[rows, self.receivers, self.senders].add(self.edge_mask.astype(dtype))
+    # Per sentence (vmap): a scatter with a batch dimension, which a batch-sharded mesh
+    # partitions without gathering the edges to the full batch.
+    def one(receivers, senders, weights):
+      return jnp.zeros((num_nodes, num_nodes), dtype).at[receivers, senders].add(weights)
+
+    return jax.vmap(one)(self.receivers, self.senders, self.edge_mask.astype(dtype))
 
   def graphs_tuple(self, num_nodes: int, dtype: Any = jnp.float32) -> jraph.GraphsTuple:
     """One `jraph.GraphsTuple` holding the B sentence graphs, edge weights 1 (0 on padding).
@@ -133,6 +135,9 @@ def _aggregate(implementation: str, adjacency: Array | None, graph: jraph.Graphs
 class SynGCN(nn.Module):
   """Syntactic GCN: per layer `X = relu((W_l(A X) + W_l(X)) / (rowsum(A) + 1))`.
 
+  Computed as `W(A X + X) + 2 b` (one matmul instead of two; the same up to float32
+  rounding).
+
   Attributes:
     features: d, width of the input and of every layer.
     num_layers: number of layers.
@@ -173,7 +178,9 @@ class SynGCN(nn.Module):
     x = inputs.astype(self.dtype)
     for index, layer in enumerate(self.layers):
       aggregated, row_sums = _aggregate(self.implementation, adjacency, graph, x)
-      x = jax.nn.relu((layer(aggregated) + layer(x)) / (row_sums + 1))
+      # W(A X) + b + W(X) + b as one matmul: W(A X + X) + 2 b.
+      linear = layer(aggregated + x)
+      x = jax.nn.relu((linear + layer.variables["params"]["bias"].astype(linear.dtype)) / (row_sums + 1))
       if index < self.num_layers - 1:
         x = self.dropout(x, deterministic=deterministic)
     return x

@@ -15,11 +15,15 @@ Parameters of one direction of one layer are stored fused, in PyTorch's gate ord
 (input, forget, cell, output): `input_kernel` [in, 4H], `recurrent_kernel` [H, 4H] and one
 `bias` [4H] equal to PyTorch's `bias_ih + bias_hh`. The input projection of every time step
 is one matmul before the scan, so the scan only carries the recurrent matmul, and both
-directions share one scan.
+directions share one scan. The recurrence has a hand-written backward pass (`_recurrence`):
+the recurrent kernel's gradient is one matmul after the reverse loop instead of a sum
+accumulated inside it, which made the training step of a base-sized model markedly
+faster on CPU (benchmarks/train_step.py, `--fix_repeats`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Dict, Mapping, Tuple
 
@@ -53,9 +57,14 @@ def reverse_within_lengths(x: Array, lengths: Array) -> Array:
   Returns:
     [B, T, ...] with x[b, :lengths[b]] reversed.
   """
-  steps = jnp.arange(x.shape[1])[None, :]
-  source = jnp.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)
-  return jnp.take_along_axis(x, source.reshape(source.shape + (1,) * (x.ndim - 2)), axis=1)
+  steps = jnp.arange(x.shape[1])
+
+  def one(row, length):
+    return row[jnp.where(steps < length, length - 1 - steps, steps)]
+
+  # Per sentence (vmap): a gather with a batch dimension, partitioned without gathering the
+  # batch when it is sharded.
+  return jax.vmap(one)(x, lengths)
 
 
 class LSTMDirection(nn.Module):
@@ -77,6 +86,106 @@ class LSTMDirection(nn.Module):
             self.param("bias", init, (gates,)))
 
 
+def _cell(gates: Array, cell: Array) -> Tuple[Array, Array, Array]:
+  """One LSTM cell update from float32 pre-activations [..., 4H] (gate order i, f, g, o).
+
+  Returns:
+    (new hidden, new cell, activations [..., 4H] = sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)).
+  """
+  input_gate, forget_gate, cell_gate, output_gate = jnp.split(gates, 4, axis=-1)
+  input_gate, forget_gate, output_gate = (jax.nn.sigmoid(x) for x in (input_gate, forget_gate, output_gate))
+  cell_gate = jnp.tanh(cell_gate)
+  cell = forget_gate * cell + input_gate * cell_gate
+  hidden = output_gate * jnp.tanh(cell)
+  return hidden, cell, jnp.concatenate([input_gate, forget_gate, cell_gate, output_gate], axis=-1)
+
+
+def _recurrent_matmul(hidden: Array, kernels: Array, dtype: Any) -> Array:
+  """float32 `hidden @ kernel` per direction: [2, B, H] x [2, H, 4H] -> [2, B, 4H]."""
+  return jnp.einsum("zbh,zhg->zbg", hidden.astype(dtype), kernels.astype(dtype)).astype(jnp.float32)
+
+
+def _recurrence_forward(projected: Array, recurrent_kernels: Array, dtype: Any):
+  """The scan of `_recurrence`; returns (hidden [T, 2, B, H], (previous cells, activations)).
+
+  The residuals hold c_{t-1} (not c_t) beside the gate activations of step t: the backward
+  pass needs both and recomputes c_t = f c_{t-1} + i g from them.
+  """
+  kernels = recurrent_kernels.astype(dtype)
+
+  def step(carry, projected_t):
+    hidden, previous_cell = carry
+    hidden, cell, activations = _cell(projected_t + _recurrent_matmul(hidden, kernels, dtype), previous_cell)
+    return (hidden, cell), (hidden, previous_cell, activations)
+
+  zeros = jnp.zeros(projected.shape[1:-1] + (recurrent_kernels.shape[1],), jnp.float32)
+  _, (hidden, previous_cells, activations) = jax.lax.scan(step, (zeros, zeros), projected)
+  return hidden, (previous_cells, activations)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _recurrence(projected: Array, recurrent_kernels: Array, dtype: Any) -> Array:
+  """Both directions' LSTM recurrence over time-major float32 projections, zero initial state.
+
+  Args:
+    projected: float32 [T, 2, B, 4H] input projections plus bias (direction axis 1).
+    recurrent_kernels: [2, H, 4H].
+    dtype: compute dtype of the recurrent matmul; gates and cell state stay float32.
+
+  Returns:
+    float32 [T, 2, B, H] hidden states.
+
+  The backward pass is written out (`_recurrence_bwd`) rather than derived by autodiff
+  of the scan, which accumulates the recurrent kernel's gradient inside the reverse loop
+  (T small [H, B] x [B, 4H] matmuls and T additions of a [2, H, 4H] accumulator), stores
+  about a dozen per-step residual stacks, and multiplies by the kernel along its output
+  axis in every step. Here the loop carries only the hidden and cell gradients and stacks
+  the gate gradients; the kernel gradient is one [H, T*B] x [T*B, 4H] matmul after the
+  loop, and the loop multiplies by a kernel transposed once before it. The same sums up to
+  float32 rounding (tests/test_lstm.py compares the gradients with torch's). Measured on
+  CPU in benchmarks/train_step.py (`--fix_repeats`).
+  """
+  return _recurrence_forward(projected, recurrent_kernels, dtype)[0]
+
+
+def _recurrence_fwd(projected: Array, recurrent_kernels: Array, dtype: Any):
+  hidden, (previous_cells, activations) = _recurrence_forward(projected, recurrent_kernels, dtype)
+  return hidden, (hidden, previous_cells, activations, recurrent_kernels)
+
+
+def _recurrence_bwd(dtype: Any, residuals, hidden_grads: Array):
+  hidden, previous_cells, activations, recurrent_kernels = residuals
+  # [2, 4H, H], materialised once: the loop's matmul then reads the kernel in the layout the
+  # forward pass reads it (a dot along the kernel's last axis is much slower on CPU).
+  transposed_kernels = jnp.swapaxes(recurrent_kernels.astype(dtype), 1, 2)
+
+  def step(carry, inputs):
+    hidden_grad, cell_grad = carry  # flowing back from step t + 1
+    output_grad, activations_t, previous_cell = inputs
+    input_gate, forget_gate, cell_gate, output_gate = jnp.split(activations_t, 4, axis=-1)
+    tanh_cell = jnp.tanh(forget_gate * previous_cell + input_gate * cell_gate)
+    hidden_grad = hidden_grad + output_grad
+    cell_grad = cell_grad + hidden_grad * output_gate * (1 - tanh_cell * tanh_cell)
+    # sigmoid' = s (1 - s), tanh' = 1 - t^2.
+    gate_grads = jnp.concatenate([cell_grad * cell_gate * input_gate * (1 - input_gate),
+                                  cell_grad * previous_cell * forget_gate * (1 - forget_gate),
+                                  cell_grad * input_gate * (1 - cell_gate * cell_gate),
+                                  hidden_grad * tanh_cell * output_gate * (1 - output_gate)], axis=-1)
+    previous_hidden_grad = jnp.einsum("zbg,zgh->zbh", gate_grads.astype(dtype), transposed_kernels)
+    return (previous_hidden_grad.astype(jnp.float32), cell_grad * forget_gate), gate_grads
+
+  zeros = jnp.zeros_like(previous_cells[0])
+  _, gate_grads = jax.lax.scan(step, (zeros, zeros), (hidden_grads.astype(jnp.float32), activations, previous_cells),
+                               reverse=True)
+  # The recurrent kernel's gradient, sum_t h_{t-1}^T dgates_t (h_{-1} = 0): one matmul.
+  kernel_grads = jnp.einsum("tzbh,tzbg->zhg", hidden[:-1].astype(dtype), gate_grads[1:].astype(dtype),
+                            preferred_element_type=jnp.float32)
+  return gate_grads, kernel_grads.astype(recurrent_kernels.dtype)
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
 def _bidirectional_recurrence(projected: Array, recurrent_kernels: Array, dtype: Any) -> Array:
   """Runs both directions in one scan, zero initial state.
 
@@ -89,18 +198,7 @@ def _bidirectional_recurrence(projected: Array, recurrent_kernels: Array, dtype:
   Returns:
     [2, B, T, H] hidden states, in `dtype`.
   """
-  recurrent_kernels = recurrent_kernels.astype(dtype)
-
-  def step(carry, projected_t):
-    hidden, cell = carry
-    gates = projected_t + jnp.einsum("zbh,zhg->zbg", hidden.astype(dtype), recurrent_kernels).astype(jnp.float32)
-    input_gate, forget_gate, cell_gate, output_gate = jnp.split(gates, 4, axis=-1)
-    cell = jax.nn.sigmoid(forget_gate) * cell + jax.nn.sigmoid(input_gate) * jnp.tanh(cell_gate)
-    hidden = jax.nn.sigmoid(output_gate) * jnp.tanh(cell)
-    return (hidden, cell), hidden
-
-  zeros = jnp.zeros(projected.shape[:2] + (recurrent_kernels.shape[1],), jnp.float32)
-  _, hidden_states = jax.lax.scan(step, (zeros, zeros), jnp.moveaxis(projected, 2, 0))
+  hidden_states = _recurrence(jnp.moveaxis(projected, 2, 0), recurrent_kernels, dtype)
   return jnp.moveaxis(hidden_states, 0, 2).astype(dtype)
 
 
