@@ -22,6 +22,26 @@ epoch and reports the actual traces beside the distinct shapes of `shape_report`
 Evaluation runs the jitted `predict_step` on dev batches of one shape (`predict`) and
 the host conversion of its outputs to triplets and terms (`decode`).
 
+Issue 7's fixes, each measured against the code it replaced in the same run:
+
+* Planning (`batching.plan_dataset`: graphs and shape plans) once per run instead of per
+  epoch / per evaluation: the host seconds of an epoch's (and an evaluation's) batch
+  building with and without a precomputed plan, interleaved, and the difference as a
+  share of the epoch's device time (`train_step_s` x steps per epoch: one shape's step
+  time for all batches, so an estimate).
+* Dev and test sharing one merged `ShapePlan`: the distinct eval batch shapes of dev +
+  test with separate plans and with the merged one, and (configs in
+  `--eval_compile_configs`, default tiny) the compilation of a fresh predict step for each
+  shape, summed over each set. Other configs extrapolate: shapes x their own
+  `eval_compile_s` (one predict compilation), named `*_estimated_s`.
+* Model fixes (`--fix_repeats` > 0): the trainer's train step and predict step compiled
+  with every fix (`all`), with none (`none`, the old implementations kept in this file,
+  `OLD_IMPLEMENTATIONS`) and with each fix alone reverted (`without_<fix>`), on one
+  batch of the commonest training shape (and the commonest dev shape), then timed
+  interleaved; `fix_<fix>_train_step_ratio` = all / without_<fix> and
+  `fixes_train_step_ratio` = all / none (below 1: the fix is faster), likewise `predict`.
+  One train state is threaded through all variants (the step donates it).
+
 The sentence vocabulary is a SentencePiece model trained on 14res train (about 2.2k
 pieces); the base encoder keeps its 128100-row embedding, of which those ids use the
 first rows. The machine is shared (two cores, other jobs): timings are noisy; compare
@@ -29,12 +49,14 @@ ratios measured in one run rather than absolute figures across runs.
 
   python benchmarks/train_step.py --configs tiny,base --steps 5
   python benchmarks/train_step.py --configs tiny --steps 2 --eval_batches 1 --json   # quick
+  python benchmarks/train_step.py --configs tiny,base --fix_repeats 3   # with the fixes' A/B
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import glob
 import gzip
@@ -42,16 +64,17 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from d2e2s_jax.data import batching  # pylint: disable=wrong-import-position
-from d2e2s_jax.models import d2e2s, decoding  # pylint: disable=wrong-import-position
+from d2e2s_jax.models import d2e2s, decoding, gcn, lstm  # pylint: disable=wrong-import-position
 from d2e2s_jax.training import optim, sharding, trainer  # pylint: disable=wrong-import-position
 from d2e2s_jax.training.config import TrainConfig  # pylint: disable=wrong-import-position
 
@@ -60,6 +83,114 @@ CONFIGS = {
     "tiny": dict(hidden=64, layers=2, heads=2, ffn=128, buckets=32, vocab=0, head_heads=2),
     "base": dict(hidden=768, layers=12, heads=12, ffn=3072, buckets=256, vocab=128100, head_heads=8),
 }
+
+
+# ----------------------------------------------------------------- the replaced code
+# The implementations that issue 7's model fixes replaced, kept here only, so that every
+# run measures each fix against its predecessor.
+
+
+def _autodiff_recurrence(projected, recurrent_kernels, dtype):
+  """lstm._bidirectional_recurrence before the hand-written backward pass: autodiff of the
+  scan (the recurrent kernel's gradient accumulated inside the reverse loop)."""
+  recurrent_kernels = recurrent_kernels.astype(dtype)
+
+  def step(carry, projected_t):
+    hidden, cell = carry
+    gates = projected_t + jnp.einsum("zbh,zhg->zbg", hidden.astype(dtype), recurrent_kernels).astype(jnp.float32)
+    input_gate, forget_gate, cell_gate, output_gate = jnp.split(gates, 4, axis=-1)
+    cell = jax.nn.sigmoid(forget_gate) * cell + jax.nn.sigmoid(input_gate) * jnp.tanh(cell_gate)
+    hidden = jax.nn.sigmoid(output_gate) * jnp.tanh(cell)
+    return (hidden, cell), hidden
+
+  zeros = jnp.zeros(projected.shape[:2] + (recurrent_kernels.shape[1],), jnp.float32)
+  _, hidden_states = jax.lax.scan(step, (zeros, zeros), jnp.moveaxis(projected, 2, 0))
+  return jnp.moveaxis(hidden_states, 0, 2).astype(dtype)
+
+
+def _untransposed_backward(dtype, residuals, hidden_grads):
+  """lstm._recurrence_bwd before its kernel was transposed outside the loop: the loop's
+  matmul contracts the [2, H, 4H] kernel along its last axis."""
+  hidden, previous_cells, activations, recurrent_kernels = residuals
+  kernels = recurrent_kernels.astype(dtype)
+
+  def step(carry, inputs):
+    hidden_grad, cell_grad = carry
+    output_grad, activations_t, previous_cell = inputs
+    input_gate, forget_gate, cell_gate, output_gate = jnp.split(activations_t, 4, axis=-1)
+    tanh_cell = jnp.tanh(forget_gate * previous_cell + input_gate * cell_gate)
+    hidden_grad = hidden_grad + output_grad
+    cell_grad = cell_grad + hidden_grad * output_gate * (1 - tanh_cell * tanh_cell)
+    gate_grads = jnp.concatenate([cell_grad * cell_gate * input_gate * (1 - input_gate),
+                                  cell_grad * previous_cell * forget_gate * (1 - forget_gate),
+                                  cell_grad * input_gate * (1 - cell_gate * cell_gate),
+                                  hidden_grad * tanh_cell * output_gate * (1 - output_gate)], axis=-1)
+    previous_hidden_grad = jnp.einsum("zbg,zhg->zbh", gate_grads.astype(dtype), kernels)
+    return (previous_hidden_grad.astype(jnp.float32), cell_grad * forget_gate), gate_grads
+
+  zeros = jnp.zeros_like(previous_cells[0])
+  _, gate_grads = jax.lax.scan(step, (zeros, zeros), (hidden_grads.astype(jnp.float32), activations, previous_cells),
+                               reverse=True)
+  kernel_grads = jnp.einsum("tzbh,tzbg->zhg", hidden[:-1].astype(dtype), gate_grads[1:].astype(dtype),
+                            preferred_element_type=jnp.float32)
+  return gate_grads, kernel_grads.astype(recurrent_kernels.dtype)
+
+
+_untransposed_recurrence = jax.custom_vjp(
+    lambda projected, kernels, dtype: lstm._recurrence_forward(projected, kernels, dtype)[0],  # pylint: disable=protected-access
+    nondiff_argnums=(2,))
+_untransposed_recurrence.defvjp(lstm._recurrence_fwd, _untransposed_backward)  # pylint: disable=protected-access
+
+
+def _untransposed_bidirectional_recurrence(projected, recurrent_kernels, dtype):
+  hidden_states = _untransposed_recurrence(jnp.moveaxis(projected, 2, 0), recurrent_kernels, dtype)
+  return jnp.moveaxis(hidden_states, 0, 2).astype(dtype)
+
+
+class _TwoMatmulSynGCN(gcn.SynGCN):
+  """gcn.SynGCN before the fix: `W(A X) + b + W(X) + b` as two matmuls."""
+
+  def __call__(self, inputs, edges, deterministic=True, adjacency=None):
+    num_nodes = inputs.shape[1]
+    graph = None
+    if self.implementation == "dense" and adjacency is None:
+      adjacency = edges.dense(num_nodes)
+    elif self.implementation == "jraph":
+      graph = edges.graphs_tuple(num_nodes)
+    x = inputs.astype(self.dtype)
+    for index, layer in enumerate(self.layers):
+      aggregated, row_sums = gcn._aggregate(self.implementation, adjacency, graph, x)  # pylint: disable=protected-access
+      x = jax.nn.relu((layer(aggregated) + layer(x)) / (row_sums + 1))
+      if index < self.num_layers - 1:
+        x = self.dropout(x, deterministic=deterministic)
+    return x
+
+
+# fix name -> [(module, attribute, old value)]: what reverting the fix patches (at trace time).
+# Reverting `lstm_backward` reverts `lstm_transposed_kernel` too (autodiff has no such
+# choice), so `fix_lstm_backward_*_ratio` measures both LSTM fixes together and
+# `fix_lstm_transposed_kernel_*_ratio` the transposition alone.
+OLD_IMPLEMENTATIONS = {
+    "lstm_backward": [(lstm, "_bidirectional_recurrence", _autodiff_recurrence)],
+    "lstm_transposed_kernel": [(lstm, "_bidirectional_recurrence", _untransposed_bidirectional_recurrence)],
+    "syn_gcn_one_matmul": [(d2e2s, "SynGCN", _TwoMatmulSynGCN)],
+}
+
+
+@contextlib.contextmanager
+def reverted(fixes: Sequence[str]) -> Iterator[None]:
+  """Traces inside run the old implementations of `fixes` (where two patch the same
+  attribute, the one listed first in OLD_IMPLEMENTATIONS wins)."""
+  saved = []
+  try:
+    for fix in reversed([name for name in OLD_IMPLEMENTATIONS if name in fixes]):
+      for module, attribute, old in OLD_IMPLEMENTATIONS[fix]:
+        saved.append((module, attribute, getattr(module, attribute)))
+        setattr(module, attribute, old)
+    yield
+  finally:
+    for module, attribute, value in reversed(saved):
+      setattr(module, attribute, value)
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -75,6 +206,16 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   parser.add_argument("--data_dir", default=None, help=f"data root (default {common.DEFAULT_DATA_DIR})")
   parser.add_argument("--profile_dir", default=None,
                       help="write a jax.profiler trace of the timed training steps here and print its costliest ops")
+  parser.add_argument("--plan_repeats", type=int, default=3,
+                      help="interleaved repetitions of the planning measurements (0: skip them)")
+  parser.add_argument("--eval_compile_configs", default="tiny",
+                      help="configs whose predict step is compiled for every distinct dev+test shape "
+                           "(others extrapolate from one compilation)")
+  parser.add_argument("--fixes", default=",".join(OLD_IMPLEMENTATIONS),
+                      help=f"comma-separated subset of {list(OLD_IMPLEMENTATIONS)} for --fix_repeats")
+  parser.add_argument("--fix_repeats", type=int, default=0,
+                      help="interleaved repetitions of the model fixes' A/B (0: skip; it compiles 2 + fixes "
+                           "variants of the train and predict steps)")
   parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
   args = parser.parse_args(argv)
   args.configs = [name.strip() for name in args.configs.split(",") if name.strip()]
@@ -82,6 +223,14 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.error(f"--configs must be a subset of {list(CONFIGS)}")
   if args.steps < 1 or args.eval_batches < 1 or args.batch < 1 or args.max_compiles < 1:
     parser.error("--steps, --eval_batches, --batch, --max_compiles must be >= 1")
+  if args.plan_repeats < 0 or args.fix_repeats < 0:
+    parser.error("--plan_repeats and --fix_repeats must be >= 0")
+  args.eval_compile_configs = [name.strip() for name in args.eval_compile_configs.split(",") if name.strip()]
+  args.fixes = [name.strip() for name in args.fixes.split(",") if name.strip()]
+  if not args.fixes or set(args.fixes) - set(OLD_IMPLEMENTATIONS):
+    parser.error(f"--fixes must be a non-empty subset of {list(OLD_IMPLEMENTATIONS)}")
+  if set(args.eval_compile_configs) - set(CONFIGS):
+    parser.error(f"--eval_compile_configs must be a subset of {list(CONFIGS)}")
   return args
 
 
@@ -119,15 +268,161 @@ def block(tree: Any) -> Any:
   return jax.block_until_ready(tree)
 
 
-def run_config(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
+def run_train_config(name: str, tokenizer, args: argparse.Namespace) -> TrainConfig:
+  """The trainer's settings for model size `name` (from-scratch encoder, one device)."""
+  sizes = CONFIGS[name]
+  return TrainConfig(encoder="scratch", scratch_hidden_size=sizes["hidden"], scratch_layers=sizes["layers"],
+                     scratch_heads=sizes["heads"], scratch_intermediate_size=sizes["ffn"],
+                     scratch_position_buckets=sizes["buckets"], attention_heads=sizes["head_heads"],
+                     batch_size=args.batch, eval_batch_size=args.batch, max_length=args.max_length, mesh="data:1",
+                     max_decoded_spans=24)
+
+
+def _drain(batches) -> int:
+  return sum(1 for _ in batches)
+
+
+EVAL_SPLITS = ("dev", "test")
+
+
+def _eval_shapes(encoded, eval_config: batching.BatchConfig, prepared) -> Dict[tuple, Dict[str, np.ndarray]]:
+  """The distinct eval batch shapes (T, S, E) of dev + test, each with its first batch."""
+  shapes: Dict[tuple, Dict[str, np.ndarray]] = {}
+  for split in EVAL_SPLITS:
+    for batch in batching.eval_batches(encoded[split], eval_config, prepared[split]):
+      shapes.setdefault(tuple(batch[key].shape[1] for key in ("input_ids", "span_mask", "graph_edge_mask")), batch)
+  return shapes
+
+
+def planning_figures(encoded, train_config: batching.BatchConfig, eval_config: batching.BatchConfig, seed: int,
+                     repeats: int) -> Dict[str, Any]:
+  """Host seconds of planning per epoch / evaluation (old) vs once per run (new), and the
+  eval shapes of separate vs merged dev/test plans (model-independent figures).
+
+  Returns the figures and, under "_shapes", {"separate": ..., "merged": ...} shape -> batch
+  (for the per-config compile timings; not part of the output).
+  """
+  train = encoded["train"]
+  prepared = batching.plan_dataset(train, train_config, train=True)
+  separate = {split: batching.plan_dataset(encoded[split], eval_config, train=False) for split in EVAL_SPLITS}
+  merged_plan = separate["dev"][1].merge(separate["test"][1])
+  merged = {split: (edges, merged_plan) for split, (edges, _) in separate.items()}
+  seconds = common.interleaved({
+      "plan_train": lambda: batching.plan_dataset(train, train_config, train=True),
+      # What train_and_evaluate did before: train_batches planning at every epoch.
+      "epoch_build_old": lambda: _drain(batching.train_batches(train, train_config, 1, seed)),
+      "epoch_build_new": lambda: _drain(batching.train_batches(train, train_config, 1, seed, prepared)),
+      "plan_eval": lambda: [batching.plan_dataset(encoded[split], eval_config, train=False)
+                            for split in EVAL_SPLITS],
+      # An evaluation of dev and test: planned by eval_batches each time, one plan per split.
+      "eval_build_old": lambda: [_drain(batching.eval_batches(encoded[split], eval_config))
+                                 for split in EVAL_SPLITS],
+      "eval_build_new": lambda: [_drain(batching.eval_batches(encoded[split], eval_config, merged[split]))
+                                 for split in EVAL_SPLITS],
+  }, repeats)
+  figures: Dict[str, Any] = {f"{key}_s": common.median(values) for key, values in seconds.items()}
+  figures["epoch_build_old_over_new"] = figures["epoch_build_old_s"] / figures["epoch_build_new_s"]
+  figures["eval_build_old_over_new"] = figures["eval_build_old_s"] / figures["eval_build_new_s"]
+  figures["steps_per_epoch"] = len(train) // train_config.batch_size
+  figures["eval_batches_dev_test"] = sum(-(-len(encoded[split]) // eval_config.batch_size) for split in EVAL_SPLITS)
+  shapes = {"separate": _eval_shapes(encoded, eval_config, separate), "merged": _eval_shapes(encoded, eval_config, merged)}
+  for kind, kind_shapes in shapes.items():
+    figures[f"eval_shapes_{kind}"] = len(kind_shapes)
+  figures["_shapes"] = shapes
+  return figures
+
+
+def planning_ratios(figures: Dict[str, Any], planning: Dict[str, Any]) -> Dict[str, Any]:
+  """A config's device time beside the host planning cost (per epoch, per evaluation)."""
+  ratios: Dict[str, Any] = {}
+  epoch_device = figures["train_step_s"] * planning["steps_per_epoch"]
+  ratios["epoch_device_estimated_s"] = epoch_device
+  ratios["epoch_replanning_over_epoch_device"] = (
+      planning["epoch_build_old_s"] - planning["epoch_build_new_s"]) / epoch_device
+  ratios["plan_train_over_epoch_device"] = planning["plan_train_s"] / epoch_device
+  ratios["epoch_build_old_over_epoch_device"] = planning["epoch_build_old_s"] / epoch_device
+  ratios["epoch_build_new_over_epoch_device"] = planning["epoch_build_new_s"] / epoch_device
+  if "eval_predict_s" in figures:
+    eval_device = figures["eval_predict_s"] * planning["eval_batches_dev_test"]
+    ratios["eval_device_estimated_s"] = eval_device
+    ratios["eval_replanning_over_eval_device"] = (
+        planning["eval_build_old_s"] - planning["eval_build_new_s"]) / eval_device
+  return ratios
+
+
+def eval_compile_figures(model, mesh, state_shardings, params, shapes: Dict[str, Dict[tuple, Any]],
+                         name: str) -> Dict[str, Any]:
+  """Compiles a fresh predict step for every distinct dev+test shape, sums per plan kind."""
+  seconds: Dict[tuple, float] = {}
+  for shape, batch in {**shapes["separate"], **shapes["merged"]}.items():
+    predict_step = trainer.make_predict_step(model, mesh, state_shardings.params)  # fresh: no cached trace
+    device_batch = block(sharding.shard_batch(batch, mesh))
+    start = time.perf_counter()
+    predict_step.lower(params, device_batch).compile()
+    seconds[shape] = time.perf_counter() - start
+    common.log(f"[{name}] compiled the predict step for {shape} in {seconds[shape]:.1f} s")
+  figures = {f"eval_compile_{kind}_s": sum(seconds[shape] for shape in shapes[kind]) for kind in shapes}
+  figures["eval_compile_merged_over_separate"] = figures["eval_compile_merged_s"] / figures["eval_compile_separate_s"]
+  figures["eval_compile_per_shape_median_s"] = common.median(list(seconds.values()))
+  return figures
+
+
+def fix_figures(name: str, model, optimizer, schedule, model_config, mesh, state, state_shardings,
+                train_batch, eval_batch, fixes: Sequence[str], repeats: int):
+  """A/B of the model fixes on the trainer's steps (see the module docstring).
+
+  Returns (the threaded train state, figures).
+  """
+  fixes = list(fixes)
+  variants = {"all": [], "none": fixes}
+  if len(fixes) > 1:
+    variants.update({f"without_{fix}": [fix] for fix in fixes})
+  device_train = block(sharding.shard_batch(train_batch, mesh))
+  device_eval = block(sharding.shard_batch(eval_batch, mesh))
+  train_steps, predict_steps = {}, {}
+  figures: Dict[str, Any] = {"fix_train_shape": list(train_batch["input_ids"].shape),
+                             "fix_eval_shape": list(eval_batch["input_ids"].shape)}
+  for variant, old in variants.items():
+    with reverted(old):
+      step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings)
+      start = time.perf_counter()
+      train_steps[variant] = step.lower(state, device_train).compile()
+      figures[f"fix_{variant}_train_compile_s"] = time.perf_counter() - start
+      predict = trainer.make_predict_step(model, mesh, state_shardings.params)
+      start = time.perf_counter()
+      predict_steps[variant] = predict.lower(state.params, device_eval).compile()
+      figures[f"fix_{variant}_predict_compile_s"] = time.perf_counter() - start
+    common.log(f"[{name}] compiled the {variant} variant")
+  seconds: Dict[str, List[float]] = collections.defaultdict(list)
+  for repetition in range(repeats + 1):  # the first round warms up
+    for variant in variants:
+      start = time.perf_counter()
+      state, _ = block(train_steps[variant](state, device_train))
+      train = time.perf_counter() - start
+      start = time.perf_counter()
+      block(predict_steps[variant](state.params, device_eval))
+      predict = time.perf_counter() - start
+      if repetition:
+        seconds[f"{variant}_train"].append(train)
+        seconds[f"{variant}_predict"].append(predict)
+  for key, values in seconds.items():
+    figures[f"fix_{key}_s"] = common.median(values)
+  for step in ("train", "predict"):
+    all_s = figures[f"fix_all_{step}_s"]
+    figures[f"fixes_{step}_step_ratio"] = all_s / figures[f"fix_none_{step}_s"]
+    for fix in fixes:
+      without = figures.get(f"fix_without_{fix}_{step}_s", figures[f"fix_none_{step}_s"])
+      figures[f"fix_{fix}_{step}_step_ratio"] = all_s / without
+  figures["fixes_train_compile_ratio"] = figures["fix_all_train_compile_s"] / figures["fix_none_train_compile_s"]
+  figures["fix_repeats"] = repeats
+  return state, figures
+
+
+def run_config(name: str, data, args: argparse.Namespace, planning: Dict[str, Any]) -> Dict[str, Any]:
   """Times training and evaluation of one model size; returns its figures."""
   sizes = CONFIGS[name]
   tokenizer, _, encoded = data
-  config = TrainConfig(encoder="scratch", scratch_hidden_size=sizes["hidden"], scratch_layers=sizes["layers"],
-                       scratch_heads=sizes["heads"], scratch_intermediate_size=sizes["ffn"],
-                       scratch_position_buckets=sizes["buckets"], attention_heads=sizes["head_heads"],
-                       batch_size=args.batch, eval_batch_size=args.batch, max_length=args.max_length, mesh="data:1",
-                       max_decoded_spans=24)
+  config = run_train_config(name, tokenizer, args)
   encoder_config = config.scratch_encoder_config(len(tokenizer), int(tokenizer.pad_token_id))
   encoder_config = dataclasses.replace(encoder_config, vocab_size=max(len(tokenizer), sizes["vocab"]))
   model_config = config.model_config(encoder_config)
@@ -153,6 +448,7 @@ def run_config(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
   start = time.perf_counter()
   batches = batching.train_batches(encoded["train"], train_config, 0, config.seed)
   first = next(batches)
+  fix_train_batch = first  # the shape the loop compiles
   figures["first_batch_s"] = time.perf_counter() - start
   state, state_shardings = trainer.create_train_state(model, optimizer, first, config.seed, mesh)
   block(state)
@@ -254,20 +550,48 @@ def run_config(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
     figures["eval_on_pairs_per_batch"] = float(np.median(eval_on_pairs[1:]))
     figures["eval_triplets_per_batch"] = float(np.median(eval_triplets[1:]))
   figures["eval_shape"] = list(common_shape)
+
+  if planning:
+    figures.update(planning_ratios(figures, planning))
+    if name in args.eval_compile_configs:
+      common.log(f"[{name}] compiling the predict step for every dev+test shape ...")
+      figures.update(eval_compile_figures(model, mesh, state_shardings, state.params, planning["_shapes"], name))
+    elif "eval_compile_s" in figures:
+      # One measured predict compilation times the number of shapes.
+      for kind in ("separate", "merged"):
+        figures[f"eval_compile_{kind}_estimated_s"] = planning[f"eval_shapes_{kind}"] * figures["eval_compile_s"]
+  if args.fix_repeats:
+    common.log(f"[{name}] A/B of the model fixes ...")
+    state, fixes = fix_figures(name, model, optimizer, schedule, model_config, mesh, state, state_shardings,
+                               fix_train_batch, chosen[0], args.fixes, args.fix_repeats)
+    figures.update(fixes)
   return figures
 
 
 def main(argv: List[str]) -> Dict[str, Any]:
   args = parse_args(argv)
-  data = common.load_dataset(args.dataset, args.data_dir, max_length=args.max_length, splits=("train", "dev"))
+  data = common.load_dataset(args.dataset, args.data_dir, max_length=args.max_length,
+                             splits=("train",) + EVAL_SPLITS)
   if data is None:
     message = f"skipped: no ASTE data under {args.data_dir or common.DEFAULT_DATA_DIR}/aste/{args.dataset}"
     print(message)
     figures: Dict[str, Any] = {"skipped": message}
   else:
+    planning = None
+    if args.plan_repeats:
+      common.log("planning: per epoch / evaluation vs once per run; separate vs merged eval plans ...")
+      batch_source = run_train_config(args.configs[0], data[0], args)
+      planning = planning_figures(data[2], batch_source.batch_config(data[0], training=True),
+                                  batch_source.batch_config(data[0], training=False), batch_source.seed,
+                                  args.plan_repeats)
     figures = {"dataset": args.dataset, "batch": args.batch, "steps": args.steps, "cpu_count": os.cpu_count(),
-               "configs": {name: run_config(name, data, args) for name in args.configs}}
+               "configs": {name: run_config(name, data, args, planning) for name in args.configs}}
+    if planning:
+      figures["planning"] = {key: value for key, value in planning.items() if not key.startswith("_")}
     if not args.json:
+      if planning:
+        print("== planning")
+        common.emit(figures["planning"], as_json=False)
       for name, values in figures["configs"].items():
         print(f"== {name}")
         common.emit(values, as_json=False)
