@@ -39,7 +39,7 @@ Measured 2026-11-28 (jax 0.10.2 CPU, 8 fake devices; 1,736,873,182 parameters of
 which the head holds 172M; GiB per device, peak = arg + out + temp - alias):
 
   variant                                    memory  concurrency  goal
-  adamw_1dev_remat_full                       28.02        32.41    38 met
+  adamw_1dev_remat_full                       27.80        32.41    38 met
   adamw_1dev_remat_full_sliced                28.56        29.31
   adamw_fsdp8_remat_full                       3.76         4.39     7 met
   adamw_data2_fsdp4                           12.27        13.33
