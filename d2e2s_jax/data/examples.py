@@ -5,13 +5,23 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
-# Sentiment labels as the D2E2S JSON files spell them; the raw ASTE-V2 files abbreviate
-# them (POS/NEG/NEU).
-SENTIMENTS = ("POSITIVE", "NEGATIVE", "NEUTRAL")
-ENTITY_TYPES = ("target", "opinion")
-
-# The raw ASTE-V2 files abbreviate the sentiments.
-SENTIMENT_ABBREVIATIONS = {"POSITIVE": "POS", "NEGATIVE": "NEG", "NEUTRAL": "NEU"}
+# The label vocabularies, defined here once; every other module imports them.
+#
+# Sentiments as the D2E2S JSON files spell them, in the released `types.json` order, and
+# their abbreviations in the raw ASTE-V2 files.
+SENTIMENT_ABBREVIATIONS = {"NEUTRAL": "NEU", "POSITIVE": "POS", "NEGATIVE": "NEG"}
+SENTIMENTS = tuple(SENTIMENT_ABBREVIATIONS)
+# The pair classifier's outputs (the `pair_labels` axis): `types.json`'s sentiments without
+# the implicit None, as released. No triplet of the data is INVALID.
+INVALID = "INVALID"
+SENTIMENT_OUTPUTS = SENTIMENTS + (INVALID,)
+# Entity types as the D2E2S JSON files spell them: a triplet's aspect is a `target`
+# entity (the sentiment's head), its opinion an `opinion` entity (the tail).
+TARGET, OPINION = "target", "opinion"
+ENTITY_TYPES = (TARGET, OPINION)
+# The span classifier's outputs (the `span_labels` ids): the implicit None, then the types.
+NO_ENTITY = "None"
+ENTITY_OUTPUTS = (NO_ENTITY,) + ENTITY_TYPES
 
 # Relation given to a word that the source parse does not cover (its parser dropped or
 # re-split the word); such a word hangs from ROOT, i.e. it has no syntactic edge.

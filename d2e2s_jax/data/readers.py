@@ -25,8 +25,8 @@ import logging
 import pathlib
 from typing import List, Sequence, Tuple, Union
 
-from d2e2s_jax.data.examples import (ENTITY_TYPES, SENTIMENT_ABBREVIATIONS, SENTIMENTS, DataError, Example,
-                                     Span, Triplet)
+from d2e2s_jax.data.examples import (ENTITY_TYPES, OPINION, SENTIMENT_ABBREVIATIONS, SENTIMENTS, TARGET, DataError,
+                                     Example, Span, Triplet)
 from d2e2s_jax.data.parses import validate_dependency, word_level_parse
 
 FORMATS = ("d2e2s", "aste_v2")
@@ -150,7 +150,7 @@ def _parse_json_record(record: object, where: str, default_id: str) -> Example:
       raise DataError(f"{where}: sentiment {number} must be an object with type, head and tail")
     if sentiment["type"] not in SENTIMENTS:
       raise DataError(f"{where}: sentiment {number} has unknown type {sentiment['type']!r}; expected one of {SENTIMENTS}")
-    for role, expected_type in (("head", "target"), ("tail", "opinion")):
+    for role, expected_type in (("head", TARGET), ("tail", OPINION)):
       entity_index = sentiment[role]
       if type(entity_index) is not int or not 0 <= entity_index < len(entity_spans):
         raise DataError(f"{where}: sentiment {number} {role} {entity_index!r} points at a missing entity "
@@ -209,7 +209,8 @@ def _parse_text_line(line: str, where: str, example_id: str) -> Example:
     if not isinstance(raw, tuple) or len(raw) != 3:
       raise DataError(f"{where}: triplet {number} is {raw!r}, expected (aspect, opinion, sentiment)")
     if raw[2] not in _SENTIMENT_OF_ABBREVIATION:
-      raise DataError(f"{where}: triplet {number} has unknown sentiment {raw[2]!r}; expected POS, NEG or NEU")
+      raise DataError(f"{where}: triplet {number} has unknown sentiment {raw[2]!r}; expected one of "
+                      f"{tuple(_SENTIMENT_OF_ABBREVIATION)}")
     aspect = _contiguous_span(raw[0], len(tokens), where, f"triplet {number} aspect")
     opinion = _contiguous_span(raw[1], len(tokens), where, f"triplet {number} opinion")
     triplets.append(Triplet(aspect, opinion, _SENTIMENT_OF_ABBREVIATION[raw[2]]))

@@ -15,7 +15,7 @@ sampler, with these deliberate choices:
 * Negative spans: the other candidates, `neg_entity_count` of them drawn without
   replacement (-1 = all, the released behaviour, kept in candidate order).
 * Positive pairs: the distinct gold (aspect, opinion) pairs, multi-hot over
-  (NEUTRAL, POSITIVE, NEGATIVE, INVALID) when a pair has several sentiments.
+  `examples.SENTIMENT_OUTPUTS` when a pair has several sentiments.
 * Negative pairs: every other ordered pair of distinct gold spans (target-target,
   opinion-target, ... as released), `neg_triple_count` of them (-1 = all).
 * Evaluation: every candidate span, labelled with its gold type when known.
@@ -32,14 +32,12 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from d2e2s_jax.data.encoding import EncodedExample, word_span_to_token_bounds
-from d2e2s_jax.data.examples import SENTIMENTS, Span, Triplet
+from d2e2s_jax.data.examples import (ENTITY_OUTPUTS, NO_ENTITY, OPINION, SENTIMENT_OUTPUTS, SENTIMENTS, TARGET, Span,
+                                     Triplet)
 
-# Span label ids: the implicit None first, then types.json's entity order.
-SPAN_LABELS = ("None", "target", "opinion")
-NONE_LABEL, TARGET_LABEL, OPINION_LABEL = 0, 1, 2
-# Pair outputs: types.json's sentiment order without the implicit None (WORKSPACE.md).
-PAIR_SENTIMENTS = ("NEUTRAL", "POSITIVE", "NEGATIVE", "INVALID")
-NUM_PAIR_OUTPUTS = len(PAIR_SENTIMENTS)
+# Span label ids (indices into ENTITY_OUTPUTS).
+NONE_LABEL, TARGET_LABEL, OPINION_LABEL = (ENTITY_OUTPUTS.index(name) for name in (NO_ENTITY, TARGET, OPINION))
+NUM_PAIR_OUTPUTS = len(SENTIMENT_OUTPUTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +50,7 @@ class SentenceSample:
     span_sizes: int32 [S] words per span.
     span_labels: int32 [S] 0 None, 1 target, 2 opinion.
     pair_indices: int32 [P, 2] (head, tail) indices into the spans.
-    pair_labels: float32 [P, 4] multi-hot over PAIR_SENTIMENTS, all zero = None.
+    pair_labels: float32 [P, 4] multi-hot over SENTIMENT_OUTPUTS, all zero = None.
   """
 
   span_word_bounds: np.ndarray
@@ -145,7 +143,7 @@ def train_sample(encoded: EncodedExample, *, max_span_size: int, neg_entity_coun
   for triplet in triplets:
     key = (index_of[triplet.aspect], index_of[triplet.opinion])
     positive_pairs.setdefault(key, np.zeros(NUM_PAIR_OUTPUTS, np.float32))[
-        PAIR_SENTIMENTS.index(triplet.sentiment)] = 1.0
+        SENTIMENT_OUTPUTS.index(triplet.sentiment)] = 1.0
   negative_pairs = [(head, tail) for head in range(len(positives)) for tail in range(len(positives))
                     if head != tail and (head, tail) not in positive_pairs]
   negative_pairs = _draw(negative_pairs, neg_triple_count, rng)
@@ -198,7 +196,7 @@ def triplets_from_pairs(span_word_bounds: np.ndarray, pair_indices: np.ndarray, 
   Args:
     span_word_bounds: int [S, 2] word spans of the sentence's candidates.
     pair_indices: int [P, 2] (head, tail) indices into the spans.
-    pair_scores: float [P, 4] per PAIR_SENTIMENTS (probabilities, or multi-hot gold).
+    pair_scores: float [P, 4] per SENTIMENT_OUTPUTS (probabilities, or multi-hot gold).
     pair_mask: bool [P] real pairs.
     threshold: the `sen_filter_threshold`.
 
@@ -212,6 +210,6 @@ def triplets_from_pairs(span_word_bounds: np.ndarray, pair_indices: np.ndarray, 
     aspect = tuple(int(x) for x in span_word_bounds[head])
     opinion = tuple(int(x) for x in span_word_bounds[tail])
     for sentiment in SENTIMENTS:
-      if scores[PAIR_SENTIMENTS.index(sentiment)] >= threshold:
+      if scores[SENTIMENT_OUTPUTS.index(sentiment)] >= threshold:
         found.add(Triplet(aspect, opinion, sentiment))
   return sorted(found, key=lambda t: (t.aspect, t.opinion, t.sentiment))

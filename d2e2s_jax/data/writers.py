@@ -18,7 +18,7 @@ import json
 import pathlib
 from typing import Dict, List, Sequence, Tuple, Union
 
-from d2e2s_jax.data.examples import SENTIMENT_ABBREVIATIONS, DataError, Example
+from d2e2s_jax.data.examples import OPINION, SENTIMENT_ABBREVIATIONS, TARGET, DataError, Example
 
 PathLike = Union[str, pathlib.Path]
 
@@ -37,8 +37,8 @@ def example_to_json_record(example: Example) -> Dict[str, object]:
     return entity_index[key]
 
   for triplet in example.triplets:
-    head = index_of("target", triplet.aspect)
-    tail = index_of("opinion", triplet.opinion)
+    head = index_of(TARGET, triplet.aspect)
+    tail = index_of(OPINION, triplet.opinion)
     sentiments.append({"type": triplet.sentiment, "head": head, "tail": tail})
   record: Dict[str, object] = {"tokens": list(example.tokens), "entities": entities, "sentiments": sentiments}
   if example.pos_tags is not None:

@@ -33,14 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from d2e2s_jax import evaluation
-from d2e2s_jax.data.examples import Span, Triplet
+from d2e2s_jax.data.examples import INVALID, SENTIMENT_OUTPUTS, Span, Triplet
 
 Array = jax.Array
 
-# Sentiment outputs of the pair classifier: types.json's order without the implicit None.
-SENTIMENT_OUTPUTS = ("NEUTRAL", "POSITIVE", "NEGATIVE", "INVALID")
-ENTITY_OUTPUTS = ("None", "target", "opinion")
-_INVALID = SENTIMENT_OUTPUTS.index("INVALID")
+_INVALID = SENTIMENT_OUTPUTS.index(INVALID)
 
 # The arrays of `decode`'s output that the host conversion reads.
 HOST_KEYS = ("pair_indices", "sentiment_on", "span_type_all")
