@@ -68,7 +68,7 @@ def test_legacy_layer_norm_names_load(xxlarge):
 ])
 def test_hf_to_flax_names_the_offending_key(xxlarge, edit, message):
   config, reference = xxlarge
-  state_dict = {k: v.numpy() for k, v in reference.state_dict().items()}
+  state_dict = {k: convert.to_numpy(v) for k, v in reference.state_dict().items()}
   edit(state_dict)
   with pytest.raises(convert.ConversionError, match=message.replace(".", r"\.")):
     convert.hf_to_flax(state_dict, config)
@@ -100,7 +100,7 @@ def test_load_pretrained_from_a_transformers_directory(tmp_path, xxlarge, file_f
   else:
     reference.config.save_pretrained(tmp_path)
     torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
-  model, params = deberta_v2.load_pretrained(str(tmp_path))
+  model, params = convert.load_pretrained(str(tmp_path))
   assert model.config == config
   ids, mask, types = padded_batch(config)
   expected = torch_hidden_states(reference, ids, mask, types)[-1]
@@ -110,40 +110,53 @@ def test_load_pretrained_from_a_transformers_directory(tmp_path, xxlarge, file_f
 def test_save_pretrained_loads_in_transformers(tmp_path, xxlarge):
   config, reference = xxlarge
   params = convert.hf_to_flax(reference.state_dict(), config)
-  deberta_v2.save_pretrained(params, config, str(tmp_path))
+  convert.save_pretrained(params, config, str(tmp_path))
   reloaded, info = transformers.DebertaV2Model.from_pretrained(tmp_path, output_loading_info=True)
   assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
   ids, mask, types = padded_batch(config)
   theirs = torch_hidden_states(reloaded.eval(), ids, mask, types)[-1]
   ours = jitted_last_hidden(deberta_v2.DebertaV2Model(config), params, ids, mask)
   assert masked_max_diff(ours, theirs, mask) <= PARITY_ATOL
-  _, again = deberta_v2.load_pretrained(str(tmp_path))
+  _, again = convert.load_pretrained(str(tmp_path))
   jax.tree_util.tree_map(np.testing.assert_array_equal, again, params)
+  # The host read (what a sharded run places shard by shard): the same, as numpy.
+  read_config, host = convert.read_pretrained(str(tmp_path))
+  assert read_config == config
+  assert all(isinstance(leaf, np.ndarray) for leaf in jax.tree_util.tree_leaves(host))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, host, params)
+
+
+def test_to_numpy_takes_tensors_that_need_grad_and_bfloat16():
+  tensor = torch.arange(6, dtype=torch.float32).reshape(2, 3).requires_grad_()
+  np.testing.assert_array_equal(convert.to_numpy(tensor), np.arange(6, dtype=np.float32).reshape(2, 3))
+  half = convert.to_numpy(tensor.detach().to(torch.bfloat16))
+  assert half.dtype == np.float32 and half.tolist() == [[0, 1, 2], [3, 4, 5]]
+  assert convert.to_numpy(np.ones(2, np.float16)).dtype == np.float16  # arrays pass through
 
 
 def test_load_pretrained_reports_a_bad_checkpoint_with_its_directory(tmp_path, xxlarge):
   config, reference = xxlarge
-  state_dict = {k: v.numpy() for k, v in reference.state_dict().items()}
+  state_dict = {k: convert.to_numpy(v) for k, v in reference.state_dict().items()}
   del state_dict["encoder.rel_embeddings.weight"]
   convert.write_safetensors(state_dict, str(tmp_path / "model.safetensors"))
   (tmp_path / "config.json").write_text(json.dumps(config.to_hf_dict()))
   with pytest.raises(convert.ConversionError, match=f"{tmp_path}.*encoder.rel_embeddings.weight"):
-    deberta_v2.load_pretrained(str(tmp_path))
+    convert.load_pretrained(str(tmp_path))
   (tmp_path / "model.safetensors").unlink()
   with pytest.raises(FileNotFoundError, match="no model.safetensors"):
-    deberta_v2.load_pretrained(str(tmp_path))
+    convert.load_pretrained(str(tmp_path))
 
 
 def test_missing_local_directory_is_a_one_line_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="absent: not a directory"):
-    deberta_v2.load_pretrained(str(tmp_path / "absent"))
+    convert.load_pretrained(str(tmp_path / "absent"))
 
 
 def test_hub_name_offline_and_not_cached_is_a_one_line_error(tmp_path):
   env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": REPO_ROOT}
-  script = ("from d2e2s_jax.models import deberta_v2\n"
-            "try:\n  deberta_v2.load_pretrained('microsoft/deberta-v3-base')\n"
+  script = ("from d2e2s_jax.models import deberta_v2_convert\n"
+            "try:\n  deberta_v2_convert.load_pretrained('microsoft/deberta-v3-base')\n"
             "except FileNotFoundError as e:\n  print('ERROR:', e)\n")
   result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
                           check=True)
@@ -159,7 +172,7 @@ def test_half_precision_and_sharded_safetensors_load(tmp_path, xxlarge, dtype):
   half = reference.to(getattr(torch, dtype))
   half.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="20KB")
   assert (tmp_path / "model.safetensors.index.json").is_file()
-  _, params = deberta_v2.load_pretrained(str(tmp_path))
+  _, params = convert.load_pretrained(str(tmp_path))
   expected = convert.hf_to_flax({k: v.float() for k, v in half.state_dict().items()}, config)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params, expected)
   assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(params))

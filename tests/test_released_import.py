@@ -181,7 +181,7 @@ def test_head_forward_matches_released_forward():
   released = _released_head()
   batch, torch_inputs = _unpadded_batch(0)
   hidden = np.random.default_rng(1).standard_normal((2, LENGTH, WIDTH)).astype(np.float32)
-  params, ignored = d2e2s.import_released_state_dict(released.state_dict(), CONFIG, return_ignored=True)
+  params, ignored = released_import.import_released_state_dict(released.state_dict(), CONFIG, return_ignored=True)
   ours = _jitted_apply(d2e2s.D2E2SHead(CONFIG))({"params": params}, hidden, batch)
   with torch.no_grad():
     reference = released(torch.tensor(hidden), **torch_inputs)
@@ -202,7 +202,7 @@ def test_full_model_forward_matches_released_forward(prefix):
   state = {prefix + k: v for k, v in encoder.state_dict().items()}
   state.update(released.state_dict())
   config = d2e2s.D2E2SConfig(**{**CONFIG.__dict__, "encoder": ENCODER})
-  params = d2e2s.import_released_state_dict(state, config)
+  params = released_import.import_released_state_dict(state, config)
   assert set(params) == {"encoder", "head"}
 
   batch, torch_inputs = _unpadded_batch(5)
@@ -224,4 +224,4 @@ def test_import_fails_loudly(edit, message):
   state = dict(_released_head().state_dict())
   edit(state)
   with pytest.raises(released_import.ReleasedImportError, match=message):
-    d2e2s.import_released_state_dict(state, CONFIG)
+    released_import.import_released_state_dict(state, CONFIG)

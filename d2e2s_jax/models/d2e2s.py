@@ -43,8 +43,6 @@ import jax.numpy as jnp
 from d2e2s_jax.models import decoding
 from d2e2s_jax.models.gcn import SemGCN, SynGCN, SyntacticEdges, IMPLEMENTATIONS, torch_like_dense
 from d2e2s_jax.models.lstm import BiLSTM
-# Re-exported: the public name of the released-checkpoint import.
-from d2e2s_jax.models.released_import import ReleasedImportError, import_released_state_dict  # noqa: F401
 
 Array = jax.Array
 

@@ -2,7 +2,9 @@
 
 The reference is `transformers/models/deberta_v2/modeling_deberta_v2.py`; submodules carry
 its attribute names (`embeddings/word_embeddings`, `encoder/layer/attention/self/query_proj`,
-`LayerNorm`, ...) so `deberta_v2_convert` maps checkpoints with a few generic rules.
+`LayerNorm`, ...) so `deberta_v2_convert` maps checkpoints with a few generic rules. That
+module also loads and saves HF checkpoints (`load_pretrained`, `save_pretrained`); it
+imports this one, never the reverse.
 
 Layout and execution:
 * Layer 0 runs on its own (`encoder/layer_0`); layers 1..N-1 run under `nn.scan`
@@ -39,9 +41,7 @@ Logical parameter axes (for `nn.logical_to_mesh_sharding` rules):
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
@@ -49,7 +49,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from d2e2s_jax.models import deberta_v2_hub
 from d2e2s_jax.models.deberta_v2_config import DebertaV2Config
 
 Array = jax.Array
@@ -474,51 +473,3 @@ def abstract_params(model: DebertaV2Model) -> Any:
 def param_logical_axes(model: DebertaV2Model) -> Any:
   """A tree of `PartitionSpec`s of logical axis names, matching the parameter tree."""
   return nn.get_partition_spec(abstract_params(model))
-
-
-# ----------------------------------------------------------------------------------------
-# Loading and saving HF-format checkpoints.
-
-HUB_WEIGHT_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
-                     "pytorch_model.bin"]
-
-
-def load_pretrained(name_or_path: str, dtype: Dtype = jnp.float32, *, remat_policy: str = "none",
-                    ignore_keys: Tuple[str, ...] = ()) -> Tuple[DebertaV2Model, Any]:
-  """Loads a HF DeBERTa-v2/v3 checkpoint as (model, params).
-
-  Args:
-    name_or_path: a directory with config.json and model.safetensors (or its sharded
-      index, or pytorch_model.bin), or a hub name such as "microsoft/deberta-v3-base".
-    dtype: compute dtype of the returned model; parameters stay float32.
-    remat_policy: see DebertaV2Model.
-    ignore_keys: regexes of extra checkpoint keys to skip (see deberta_v2_convert).
-
-  Returns:
-    (DebertaV2Model, params) with params a nested dict of float32 jax arrays.
-
-  Raises:
-    FileNotFoundError: no such directory, no weights in it, or a hub name that is not
-      cached while offline (one line, see deberta_v2_hub).
-    ConversionError: the weights do not fit the config (names the directory and key).
-  """
-  from d2e2s_jax.models import deberta_v2_convert  # pylint: disable=import-outside-toplevel
-  directory = str(deberta_v2_hub.resolve_pretrained_directory(name_or_path, HUB_WEIGHT_FILES))
-  config = DebertaV2Config.from_hf(directory)
-  try:
-    flat_params = deberta_v2_convert.hf_to_flax(deberta_v2_convert.read_state_dict(directory), config, ignore_keys)
-  except deberta_v2_convert.ConversionError as e:
-    raise deberta_v2_convert.ConversionError(f"{directory}: {e}") from None
-  params = jax.tree_util.tree_map(jnp.asarray, flat_params)
-  return DebertaV2Model(config, dtype=dtype, remat_policy=remat_policy), params
-
-
-def save_pretrained(params: Any, config: DebertaV2Config, directory: str) -> None:
-  """Writes config.json and model.safetensors that `transformers.DebertaV2Model.from_pretrained`
-  (and `load_pretrained`) read."""
-  from d2e2s_jax.models import deberta_v2_convert  # pylint: disable=import-outside-toplevel
-  state_dict = deberta_v2_convert.flax_to_hf(params, config)
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(config.to_hf_dict(), f, indent=2, sort_keys=True)
-  deberta_v2_convert.write_safetensors(state_dict, os.path.join(directory, deberta_v2_convert.SAFETENSORS))

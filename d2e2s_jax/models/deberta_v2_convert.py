@@ -19,6 +19,13 @@ except keys that are known not to belong to the encoder (task heads of
 `DebertaV2For*` checkpoints, HF's `position_ids` buffer, and the absolute position table
 that `transformers` itself ignores when `position_biased_input` is false), which are
 listed in `IGNORED_KEYS` and can be extended per call. A `deberta.` prefix is accepted.
+
+Files: `read_state_dict` reads a HF model directory (safetensors, sharded or not, bfloat16
+included, or `pytorch_model.bin`); `read_pretrained` resolves a directory or hub name and
+returns its config and numpy parameters (nothing placed on a device); `load_pretrained`
+and `save_pretrained` are the (model, params) round trip that `transformers` reads too.
+
+`to_numpy` is the one conversion of torch tensors to numpy in the package.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ import re
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from d2e2s_jax.models import deberta_v2
+from d2e2s_jax.models import deberta_v2, deberta_v2_hub
 from d2e2s_jax.models.deberta_v2_config import DebertaV2Config
 
 ENCODER_PREFIX = "deberta."
@@ -305,3 +314,68 @@ def write_safetensors(state_dict: Mapping[str, np.ndarray], path: str,
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path,
             metadata={"format": "pt", **(metadata or {})})
+
+
+# ----------------------------------------------------------------------------------------
+# Loading and saving HF-format checkpoints.
+
+HUB_WEIGHT_FILES = ["config.json", SAFETENSORS, SAFETENSORS_INDEX, "model-*.safetensors", PYTORCH_BIN]
+
+
+def read_pretrained(name_or_path: str, ignore_keys: Tuple[str, ...] = ()) -> Tuple[DebertaV2Config, Dict[str, Any]]:
+  """Reads a HF DeBERTa-v2/v3 checkpoint as (config, params) on the host.
+
+  The parameters stay numpy, so that a caller can place them shard by shard (a
+  1.5B-parameter encoder never has to fit on one device).
+
+  Args:
+    name_or_path: a directory with config.json and model.safetensors (or its sharded
+      index, or pytorch_model.bin), or a hub name such as "microsoft/deberta-v3-base".
+    ignore_keys: regexes of extra checkpoint keys to skip (see `hf_to_flax`).
+
+  Returns:
+    (the encoder's config, its parameters as a nested dict of float32 numpy arrays).
+
+  Raises:
+    FileNotFoundError: no such directory, no weights in it, or a hub name that is not
+      cached while offline (one line, see deberta_v2_hub).
+    ConversionError: the weights do not fit the config (names the directory and key).
+  """
+  directory = str(deberta_v2_hub.resolve_pretrained_directory(name_or_path, HUB_WEIGHT_FILES))
+  config = DebertaV2Config.from_hf(directory)
+  state_dict = read_state_dict(directory)
+  try:
+    return config, hf_to_flax(state_dict, config, ignore_keys)
+  except ConversionError as e:
+    raise ConversionError(f"{directory}: {e}") from None
+
+
+def load_pretrained(name_or_path: str, dtype: Any = jnp.float32, *, remat_policy: str = "none",
+                    ignore_keys: Tuple[str, ...] = ()) -> Tuple[deberta_v2.DebertaV2Model, Any]:
+  """Loads a HF DeBERTa-v2/v3 checkpoint as (model, params) on the default device.
+
+  Args:
+    name_or_path: a local directory or a hub name (see `read_pretrained`).
+    dtype: compute dtype of the returned model; parameters stay float32.
+    remat_policy: see DebertaV2Model.
+    ignore_keys: regexes of extra checkpoint keys to skip (see `hf_to_flax`).
+
+  Returns:
+    (DebertaV2Model, params) with params a nested dict of float32 jax arrays.
+
+  Raises:
+    FileNotFoundError, ConversionError: as `read_pretrained`.
+  """
+  config, params = read_pretrained(name_or_path, ignore_keys)
+  model = deberta_v2.DebertaV2Model(config, dtype=dtype, remat_policy=remat_policy)
+  return model, jax.tree_util.tree_map(jnp.asarray, params)
+
+
+def save_pretrained(params: Any, config: DebertaV2Config, directory: str) -> None:
+  """Writes config.json and model.safetensors that `transformers.DebertaV2Model.from_pretrained`
+  (and `load_pretrained`) read."""
+  state_dict = flax_to_hf(params, config)
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(config.to_hf_dict(), f, indent=2, sort_keys=True)
+  write_safetensors(state_dict, os.path.join(directory, SAFETENSORS))

@@ -1,6 +1,6 @@
 """Resolving a pretrained DeBERTa name or path to a local directory.
 
-Both the encoder (`deberta_v2.load_pretrained`) and the tokenizer
+Both the encoder (`deberta_v2_convert.read_pretrained`) and the tokenizer
 (`tokenization.load_tokenizer`) accept either a local directory or a Hugging Face hub
 name such as `microsoft/deberta-v3-base`. This module turns either into a local
 directory: a directory is returned as is; a hub name goes through

@@ -258,7 +258,9 @@ def convert_torch_lstm(state: Mapping[str, Any], num_layers: int, prefix: str = 
 
   Args:
     state: mapping from PyTorch names (`{prefix}weight_ih_l0`, ..., `_reverse` suffixes for
-      the backward direction) to arrays or tensors.
+      the backward direction) to arrays: numpy, or anything `np.asarray` reads, such as
+      CPU torch tensors that need no gradient (`deberta_v2_convert.to_numpy` converts
+      any other tensor).
     num_layers: number of stacked layers.
     prefix: prefix of the names in `state`, e.g. "lstm." for a state dict of a model.
 
@@ -275,10 +277,7 @@ def convert_torch_lstm(state: Mapping[str, Any], num_layers: int, prefix: str = 
         key = f"{prefix}{name}_l{layer}{suffix}"
         if key not in state:
           raise KeyError(f"missing LSTM weight {key!r}")
-        value = state[key]
-        if hasattr(value, "detach"):
-          value = value.detach().cpu().numpy()
-        return np.asarray(value, np.float32)
+        return np.asarray(state[key], np.float32)
 
       params[f"layer{layer}_{direction}"] = {
           "input_kernel": fetch("weight_ih").T,

@@ -34,7 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from d2e2s_jax.models import deberta_v2_convert
 from d2e2s_jax.models import lstm as lstm_lib
+from d2e2s_jax.models.d2e2s import D2E2SConfig, D2E2SHead
 
 UNUSED_RELEASED_PARAMETERS = (
     r"^fc\.",
@@ -50,13 +52,7 @@ class ReleasedImportError(ValueError):
   """A released state dict does not match the configured model. The message names the key."""
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-  if hasattr(value, "detach"):  # a torch tensor, without importing torch
-    value = value.detach().cpu().float().numpy()
-  return np.asarray(value, np.float32)
-
-
-def _head_key_table(config) -> Dict[Tuple[str, ...], Tuple[str, str]]:
+def _head_key_table(config: D2E2SConfig) -> Dict[Tuple[str, ...], Tuple[str, str]]:
   """{our head parameter path: (released key, conversion)} for every non-LSTM parameter.
 
   Conversions: "linear" transposes a PyTorch [out, in] weight, "copy" copies.
@@ -87,9 +83,8 @@ def _head_key_table(config) -> Dict[Tuple[str, ...], Tuple[str, str]]:
   return table
 
 
-def _expected_head_shapes(config) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
+def _expected_head_shapes(config: D2E2SConfig) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
   """Flat {path: shape} of `D2E2SHead(config)`'s parameters, from an abstract init."""
-  from d2e2s_jax.models.d2e2s import D2E2SHead  # d2e2s imports this module
   batch = {
       "attention_mask": jnp.ones((1, 4), jnp.int32),
       "span_token_bounds": jnp.array([[[1, 2]]], jnp.int32),
@@ -112,14 +107,14 @@ def _set(tree: Dict[str, Any], path: Tuple[str, ...], value: Any) -> None:
   tree[path[-1]] = value
 
 
-def _import_head(state: Mapping[str, Any], config) -> Tuple[Dict[str, Any], set]:
+def _import_head(state: Mapping[str, Any], config: D2E2SConfig) -> Tuple[Dict[str, Any], set]:
   """Head parameters from the non-encoder keys, and the set of keys used."""
   flat: Dict[Tuple[str, ...], np.ndarray] = {}
   used = set()
   for path, (key, conversion) in _head_key_table(config).items():
     if key not in state:
       raise ReleasedImportError(f"released state dict has no key {key!r} (for {'/'.join(path)})")
-    value = _to_numpy(state[key])
+    value = np.asarray(state[key], np.float32)
     flat[path] = value.T if conversion == "linear" else value
     used.add(key)
   for ours, prefix, layers in (("lstm", "lstm.", config.lstm_layers), ("fusion/lstm", "TIN.lstm.", 2)):
@@ -145,7 +140,7 @@ def _import_head(state: Mapping[str, Any], config) -> Tuple[Dict[str, Any], set]
   return params, used
 
 
-def import_released_state_dict(state_dict: Mapping[str, Any], config, *, return_ignored: bool = False
+def import_released_state_dict(state_dict: Mapping[str, Any], config: D2E2SConfig, *, return_ignored: bool = False
                                ) -> Union[Dict[str, Any], Tuple[Dict[str, Any], List[str]]]:
   """Converts a released D2E2S state dict to our parameters.
 
@@ -164,6 +159,7 @@ def import_released_state_dict(state_dict: Mapping[str, Any], config, *, return_
     ReleasedImportError: a missing, mis-shaped or unmapped key, or encoder keys without
       `config.encoder`.
   """
+  state_dict = {key: deberta_v2_convert.to_numpy(value) for key, value in state_dict.items()}
   encoder_state = {k: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIXES)}
   head_state = {k: v for k, v in state_dict.items() if not k.startswith(ENCODER_PREFIXES)}
   head_params, used = _import_head(head_state, config)
@@ -181,7 +177,6 @@ def import_released_state_dict(state_dict: Mapping[str, Any], config, *, return_
     if config.encoder is None:
       raise ReleasedImportError("the state dict has encoder keys (e.g. "
                                 f"{next(iter(encoder_state))!r}) but config.encoder is None")
-    from d2e2s_jax.models import deberta_v2_convert  # only needed with an encoder
     # The released model calls its encoder `bert` whatever it is; the converter reads
     # DeBERTa keys under `deberta.`.
     renamed = {"deberta." + k.split(".", 1)[1]: v for k, v in encoder_state.items()}
