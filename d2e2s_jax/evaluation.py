@@ -411,30 +411,6 @@ class TripletScorer:
     return dict(self._totals)
 
 
-def score_triplet_sets(
-    gold: Sequence[Iterable[Triplet]],
-    predicted: Sequence[Iterable[Triplet]],
-) -> Dict[str, PRF]:
-  """Scores position-aligned per-sentence triplet collections.
-
-  Args:
-    gold: one collection of gold triplets per sentence.
-    predicted: one collection of predicted triplets per sentence, in the same order.
-
-  Returns:
-    `{"triplet": PRF, "aspect": PRF, "opinion": PRF}`.
-
-  Raises:
-    ValueError: the two sequences have different lengths.
-  """
-  if len(gold) != len(predicted):
-    raise ValueError(f"{len(gold)} gold sentences but {len(predicted)} predicted sentences; they must align")
-  scorer = TripletScorer()
-  for gold_triplets, predicted_triplets in zip(gold, predicted):
-    scorer.add(gold_triplets, predicted_triplets)
-  return scorer.result()
-
-
 def _index_by_id(examples: Sequence[Example], source: str) -> Dict[str, Example]:
   by_id: Dict[str, Example] = {}
   for position, example in enumerate(examples):

@@ -1,14 +1,13 @@
-"""Tests for d2e2s_jax.data.graphs: both graph constructions and the jit-side helpers."""
+"""Tests for d2e2s_jax.data.graphs: both graph constructions (and the jraph shim)."""
 
 import hypothesis
 from hypothesis import strategies as st
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from d2e2s_jax.data import graphs
-from d2e2s_jax.data.jraph_compat import jraph
+from d2e2s_jax.data import jraph_compat  # pylint: disable=unused-import  # restores the aliases tested last
 from tests.test_data_support import staff_example
 
 # "the staff was horrible": [CLS] 0, the 1, staff 2-3, was 4, horrible 5-7, [SEP] 8.
@@ -17,7 +16,10 @@ STAFF_PIECES = [1, 2, 1, 3]
 
 
 def _dense(edges, size):
-  return graphs.edges_to_dense(*edges, size)
+  """The binary [size, size] adjacency of one sentence's (senders, receivers)."""
+  adjacency = np.zeros((size, size), np.float32)
+  adjacency[edges[0], edges[1]] = 1.0
+  return adjacency
 
 
 def _undirected(size, pairs):
@@ -112,56 +114,6 @@ def test_port_graph_matches_its_definition(data):
   edges = graphs.sentence_edges(bounds, heads, size)
   np.testing.assert_array_equal(_dense(edges, size), expected)
   assert len(edges[0]) == int(expected.sum())
-
-
-def _batch_edges():
-  """Two sentences' port graphs padded to E edges, as batching lays them out."""
-  staff = graphs.sentence_edges(STAFF_BOUNDS, staff_example().heads, 9)
-  short = graphs.sentence_edges(np.array([[1, 2], [2, 3]]), (0, 1), 4)
-  num_edges, seq_len = 48, 12
-  senders = np.zeros((3, num_edges), np.int32)
-  receivers = np.zeros((3, num_edges), np.int32)
-  mask = np.zeros((3, num_edges), bool)
-  for row, (row_senders, row_receivers) in enumerate([staff, short]):
-    senders[row, :len(row_senders)] = row_senders
-    receivers[row, :len(row_receivers)] = row_receivers
-    mask[row, :len(row_senders)] = True
-  dense = np.zeros((3, seq_len, seq_len), np.float32)
-  dense[0, :9, :9] = _dense(staff, 9)
-  dense[1, :4, :4] = _dense(short, 4)
-  return senders, receivers, mask, seq_len, dense
-
-
-def test_dense_adjacency_inside_jit():
-  senders, receivers, mask, seq_len, expected = _batch_edges()
-  adjacency = jax.jit(graphs.dense_adjacency, static_argnums=3)(senders, receivers, mask, seq_len)
-  assert adjacency.shape == (3, seq_len, seq_len) and adjacency.dtype == jnp.float32
-  np.testing.assert_array_equal(np.asarray(adjacency), expected)
-
-
-def test_graphs_tuple_message_passing_equals_the_dense_product():
-  senders, receivers, mask, seq_len, dense = _batch_edges()
-  features = np.random.default_rng(0).normal(size=(3, seq_len, 5)).astype(np.float32)
-
-  @jax.jit
-  def aggregate(senders, receivers, mask, features):
-    graph = graphs.batch_graphs_tuple(senders, receivers, mask, seq_len, features)
-    messages = graph.nodes[graph.senders]
-    summed = jax.ops.segment_sum(messages, graph.receivers, num_segments=graph.nodes.shape[0])
-    return graph, summed
-
-  graph, summed = aggregate(senders, receivers, mask, features)
-  assert graph.n_node.tolist() == [seq_len, seq_len, seq_len, 1]
-  assert graph.n_edge.tolist() == [int(mask[0].sum()), int(mask[1].sum()), 0, mask.size - int(mask.sum())]
-  # Undirected graph: sum over senders into receivers is A @ X.
-  expected = np.einsum("bij,bjd->bid", dense, features).reshape(-1, 5)
-  np.testing.assert_allclose(np.asarray(summed[:-1]), expected, rtol=1e-6, atol=1e-6)
-  # jraph's padding helpers (through the compatibility shim) see the padding graph.
-  edge_padding = np.asarray(jraph.get_edge_padding_mask(graph))
-  assert edge_padding.sum() == mask.sum()
-  zeroed = jraph.zero_out_padding(graph._replace(nodes=graph.nodes.at[-1].set(7.0)))
-  assert float(jnp.abs(zeroed.nodes[-1]).sum()) == 0.0
-  np.testing.assert_array_equal(np.asarray(zeroed.nodes[:-1]), features.reshape(-1, 5))
 
 
 @pytest.mark.parametrize("name", ["tree_map", "tree_leaves"])

@@ -6,6 +6,7 @@ relative-range clamping are active, and compares every hidden state on real toke
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -209,7 +210,7 @@ def test_dropout_is_active_only_when_not_deterministic():
 
 def test_scanned_parameters_carry_logical_axes():
   config = make_config("xxlarge")
-  axes = deberta_v2.param_logical_axes(DebertaV2Model(config))
+  axes = nn.get_partition_spec(deberta_v2.abstract_params(DebertaV2Model(config)))
   assert tuple(axes["encoder"]["layer"]["attention"]["self"]["query_proj"]["kernel"]) == (
       "layers", "embed", "heads", "kv")
   assert tuple(axes["encoder"]["layer_0"]["attention"]["output"]["dense"]["kernel"]) == ("heads", "kv", "embed")
@@ -217,7 +218,7 @@ def test_scanned_parameters_carry_logical_axes():
   assert tuple(axes["embeddings"]["word_embeddings"]["embedding"]) == ("vocab", "embed")
   assert tuple(axes["encoder"]["conv"]["conv"]["kernel"]) == ("conv_window", "conv_in", "embed")
   proj = DebertaV2Config(**{**BASE, **VARIANTS["embed_proj_grouped_conv"]})
-  proj_axes = deberta_v2.param_logical_axes(DebertaV2Model(proj))["embeddings"]
+  proj_axes = nn.get_partition_spec(deberta_v2.abstract_params(DebertaV2Model(proj)))["embeddings"]
   assert tuple(proj_axes["word_embeddings"]["embedding"]) == ("vocab", "input_embed")
   assert tuple(proj_axes["embed_proj"]["kernel"]) == ("input_embed", "embed")
 

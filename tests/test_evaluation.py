@@ -21,6 +21,15 @@ def _t(aspect, opinion, sentiment="POSITIVE"):
   return Triplet(aspect=aspect, opinion=opinion, sentiment=sentiment)
 
 
+def _score(gold, predicted):
+  """Scores position-aligned per-sentence triplet lists with a `TripletScorer`."""
+  assert len(gold) == len(predicted)
+  scorer = evaluation.TripletScorer()
+  for gold_triplets, predicted_triplets in zip(gold, predicted):
+    scorer.add(gold_triplets, predicted_triplets)
+  return scorer.result()
+
+
 # Three sentences: a partly right one with a duplicate prediction, one with no
 # prediction, one with predictions but no gold.
 GOLD = [
@@ -36,7 +45,7 @@ PREDICTED = [
 
 
 def test_hand_computed_triplet_aspect_opinion_scores():
-  scores = evaluation.score_triplet_sets(GOLD, PREDICTED)
+  scores = _score(GOLD, PREDICTED)
   # Triplets: gold 2 + 1 = 3; predicted 2 (duplicate dropped) + 0 + 2 = 4; correct 1
   # (the second triplet of sentence 0 has the wrong sentiment).
   assert scores["triplet"] == evaluation.PRF(gold=3, predicted=4, correct=1)
@@ -56,7 +65,7 @@ def test_hand_computed_triplet_aspect_opinion_scores():
 
 
 def test_no_predictions_gives_zero_precision_not_nan():
-  scores = evaluation.score_triplet_sets(GOLD, [[], [], []])
+  scores = _score(GOLD, [[], [], []])
   for name in evaluation.SCORE_NAMES:
     prf = scores[name]
     assert prf.predicted == 0 and prf.correct == 0 and prf.gold == 3
@@ -64,7 +73,7 @@ def test_no_predictions_gives_zero_precision_not_nan():
 
 
 def test_no_gold_gives_zero_recall_not_nan():
-  scores = evaluation.score_triplet_sets([[], []], [[_t((0, 1), (2, 3))], []])
+  scores = _score([[], []], [[_t((0, 1), (2, 3))], []])
   prf = scores["triplet"]
   assert (prf.gold, prf.predicted, prf.correct) == (0, 1, 0)
   values = (prf.precision, prf.recall, prf.f1)
@@ -72,22 +81,21 @@ def test_no_gold_gives_zero_recall_not_nan():
 
 
 def test_empty_split_scores_zero():
-  scores = evaluation.score_triplet_sets([], [])
+  scores = _score([], [])
   assert scores["triplet"].as_dict() == {
       "precision": 0.0, "recall": 0.0, "f1": 0.0, "gold": 0, "predicted": 0, "correct": 0}
 
 
 def test_perfect_prediction_scores_100_and_gold_duplicates_count_once():
   gold = [[_t((0, 1), (2, 3)), _t((0, 1), (2, 3))]]
-  scores = evaluation.score_triplet_sets(gold, [[_t((0, 1), (2, 3))]])
+  scores = _score(gold, [[_t((0, 1), (2, 3))]])
   assert scores["triplet"] == evaluation.PRF(gold=1, predicted=1, correct=1)
   assert scores["triplet"].f1 == pytest.approx(100.0)
 
 
 def test_same_spans_with_two_sentiments_are_two_predictions():
   # A decoder can emit one triplet per sentiment above threshold for the same pair.
-  scores = evaluation.score_triplet_sets([[_t((0, 1), (2, 3))]],
-                                         [[_t((0, 1), (2, 3)), _t((0, 1), (2, 3), "NEUTRAL")]])
+  scores = _score([[_t((0, 1), (2, 3))]], [[_t((0, 1), (2, 3)), _t((0, 1), (2, 3), "NEUTRAL")]])
   assert scores["triplet"] == evaluation.PRF(gold=1, predicted=2, correct=1)
   assert scores["aspect"] == evaluation.PRF(gold=1, predicted=1, correct=1)
 
@@ -95,7 +103,7 @@ def test_same_spans_with_two_sentiments_are_two_predictions():
 def test_spans_from_a_decoder_as_lists_and_numpy_ints_still_match():
   np = pytest.importorskip("numpy")
   predicted = Triplet(aspect=[np.int32(0), np.int32(1)], opinion=(np.int64(2), 3), sentiment="POSITIVE")
-  scores = evaluation.score_triplet_sets([[_t((0, 1), (2, 3))]], [[predicted]])
+  scores = _score([[_t((0, 1), (2, 3))]], [[predicted]])
   assert scores["triplet"].correct == 1
 
 
@@ -108,11 +116,6 @@ def test_scorer_counts_explicit_term_spans_outside_triplets():
   assert scorer.num_sentences == 1
   assert result["aspect"] == evaluation.PRF(gold=1, predicted=2, correct=1)
   assert result["opinion"] == evaluation.PRF(gold=1, predicted=1, correct=1)
-
-
-def test_misaligned_sentence_counts_are_an_error():
-  with pytest.raises(ValueError, match="2 gold sentences but 1 predicted"):
-    evaluation.score_triplet_sets([[], []], [[]])
 
 
 def test_non_triplet_prediction_is_a_type_error():
@@ -131,7 +134,7 @@ def _examples(triplet_lists, prefix="s"):
 def test_score_aligns_examples_by_id_in_any_order():
   gold = _examples(GOLD)
   predicted = list(reversed(_examples(PREDICTED)))
-  assert evaluation.score(gold, predicted) == evaluation.score_triplet_sets(GOLD, PREDICTED)
+  assert evaluation.score(gold, predicted) == _score(GOLD, PREDICTED)
 
 
 def test_score_names_a_prediction_without_gold():
@@ -156,7 +159,7 @@ def test_score_rejects_repeated_ids_and_token_mismatch():
 
 
 def test_scores_as_dict_has_the_documented_keys():
-  result = evaluation.scores_as_dict(evaluation.score_triplet_sets(GOLD, PREDICTED))
+  result = evaluation.scores_as_dict(_score(GOLD, PREDICTED))
   assert sorted(result) == ["aspect", "opinion", "triplet"]
   for value in result.values():
     assert sorted(value) == ["correct", "f1", "gold", "precision", "predicted", "recall"]
@@ -182,7 +185,7 @@ def test_evaluate_cli_prints_the_scores_as_json(gold_and_predictions):
   result = _run_evaluate(f"--gold={gold_path}", f"--predictions={predicted_path}")
   assert result.returncode == 0, result.stderr
   printed = json.loads(result.stdout)
-  assert printed == evaluation.scores_as_dict(evaluation.score_triplet_sets(GOLD, PREDICTED))
+  assert printed == evaluation.scores_as_dict(_score(GOLD, PREDICTED))
   assert printed["triplet"]["precision"] == pytest.approx(25.0)
   assert (printed["opinion"]["gold"], printed["opinion"]["predicted"], printed["opinion"]["correct"]) == (3, 4, 2)
 

@@ -23,9 +23,9 @@ adjacency is binary):
   the released code raises IndexError) drops that edge, and an entry present in both
   directions yields one edge, not the weight 2 of `A + A.T`.
 
-`batch_graphs_tuple` and `dense_adjacency` turn the batch arrays (`graph_senders`,
-`graph_receivers`, `graph_edge_mask`, WORKSPACE.md) back into a padded
-`jraph.GraphsTuple` or a [B, T, T] adjacency, with jnp, inside jit.
+The batch carries the edges as `graph_senders`, `graph_receivers` and `graph_edge_mask`
+(WORKSPACE.md); the model reads them as `models.gcn.SyntacticEdges`, which builds the
+dense adjacency or the `jraph.GraphsTuple` inside jit.
 """
 
 from __future__ import annotations
@@ -33,11 +33,9 @@ from __future__ import annotations
 import logging
 from typing import Optional, Sequence, Tuple
 
-import jax.numpy as jnp
 import numpy as np
 
 from d2e2s_jax.data.examples import DependencyEntry
-from d2e2s_jax.data.jraph_compat import jraph
 
 Edges = Tuple[np.ndarray, np.ndarray]  # (senders, receivers), int32 [E]
 
@@ -120,63 +118,3 @@ def released_edges(pieces_per_word: Sequence[int], dependency: Optional[Sequence
     logging.warning("%s: released graph construction dropped %d edge(s) past %d positions", where, dropped,
                     num_positions)
   return _edges_from_pairs(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), num_positions)
-
-
-def edges_to_dense(senders: np.ndarray, receivers: np.ndarray, num_positions: int) -> np.ndarray:
-  """Binary float32 [T, T] adjacency of one sentence's edges (numpy)."""
-  adjacency = np.zeros((num_positions, num_positions), np.float32)
-  adjacency[senders, receivers] = 1.0
-  return adjacency
-
-
-def dense_adjacency(senders: jnp.ndarray, receivers: jnp.ndarray, edge_mask: jnp.ndarray,
-                    seq_len: int) -> jnp.ndarray:
-  """Batched binary adjacency [B, T, T] (float32) from the batch's edge arrays (jit-safe).
-
-  Args:
-    senders, receivers: int32 [B, E], sub-token positions.
-    edge_mask: bool [B, E], real edges.
-    seq_len: T, the padded sequence length (static).
-  """
-  batch_size = senders.shape[0]
-  rows = jnp.broadcast_to(jnp.arange(batch_size)[:, None], senders.shape)
-  adjacency = jnp.zeros((batch_size, seq_len, seq_len), jnp.float32)
-  # max rather than set: padded edges (mask False) may share an index with a real one.
-  return adjacency.at[rows, senders, receivers].max(edge_mask.astype(jnp.float32))
-
-
-def batch_graphs_tuple(senders: jnp.ndarray, receivers: jnp.ndarray, edge_mask: jnp.ndarray, seq_len: int,
-                       node_features: Optional[jnp.ndarray] = None) -> "jraph.GraphsTuple":
-  """One padded `jraph.GraphsTuple` for a batch (jit-safe, static shapes).
-
-  Sentence b owns nodes [b*T, (b+1)*T) (padded positions included, they only have
-  whatever edges the batch gives them). Following jraph's padding convention a last
-  padding graph holds one padding node and all masked edges, so `jraph.get_edge_padding_mask`
-  and `jraph.zero_out_padding` work; real edges come first, in batch order.
-
-  Args:
-    senders, receivers: int32 [B, E] positions within each sentence.
-    edge_mask: bool [B, E].
-    seq_len: T (static).
-    node_features: optional [B, T, ...] features; default a [B*T+1] zero placeholder.
-
-  Returns:
-    GraphsTuple with B+1 graphs, B*T+1 nodes and B*E edges.
-  """
-  batch_size, num_edges = senders.shape
-  num_nodes = batch_size * seq_len
-  offsets = (jnp.arange(batch_size, dtype=jnp.int32) * seq_len)[:, None]
-  flat_mask = edge_mask.reshape(-1)
-  flat_senders = jnp.where(flat_mask, (senders + offsets).reshape(-1), num_nodes)
-  flat_receivers = jnp.where(flat_mask, (receivers + offsets).reshape(-1), num_nodes)
-  order = jnp.argsort(~flat_mask, stable=True)  # real edges first, order kept
-  real_per_graph = edge_mask.sum(axis=1).astype(jnp.int32)
-  n_edge = jnp.concatenate([real_per_graph, jnp.reshape(batch_size * num_edges - real_per_graph.sum(), (1,))])
-  n_node = jnp.concatenate([jnp.full((batch_size,), seq_len, jnp.int32), jnp.ones((1,), jnp.int32)])
-  if node_features is None:
-    nodes = jnp.zeros((num_nodes + 1,), jnp.float32)
-  else:
-    flat_features = node_features.reshape((num_nodes,) + node_features.shape[2:])
-    nodes = jnp.concatenate([flat_features, jnp.zeros((1,) + node_features.shape[2:], node_features.dtype)])
-  return jraph.GraphsTuple(nodes=nodes, edges=None, senders=flat_senders[order], receivers=flat_receivers[order],
-                           globals=None, n_node=n_node, n_edge=n_edge)

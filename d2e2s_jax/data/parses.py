@@ -110,17 +110,6 @@ def _check_acyclic(head_of: dict, where: str) -> None:
       state[visited] = 2
 
 
-def validate_heads(heads: Sequence[int], where: str) -> None:
-  """Checks word-level heads (1-based, 0 = ROOT): in range and acyclic."""
-  num_words = len(heads)
-  head_of = {}
-  for word, head in enumerate(heads, start=1):
-    if type(head) is not int or not 0 <= head <= num_words or head == word:
-      raise DataError(f"{where}: word {word} has head {head!r}, expected 0..{num_words} and not itself")
-    head_of[word] = head
-  _check_acyclic(head_of, where)
-
-
 def align_words(tokens: Sequence[str], parse_words: Sequence[str]) -> List[Optional[int]]:
   """Maps each parse word to the 0-based token holding most of its characters.
 

@@ -468,8 +468,3 @@ def abstract_params(model: DebertaV2Model) -> Any:
   """The parameter tree as boxed `jax.ShapeDtypeStruct`s, without allocating anything."""
   ids = jnp.zeros((1, 2), jnp.int32)
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids))["params"]
-
-
-def param_logical_axes(model: DebertaV2Model) -> Any:
-  """A tree of `PartitionSpec`s of logical axis names, matching the parameter tree."""
-  return nn.get_partition_spec(abstract_params(model))
