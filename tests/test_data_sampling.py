@@ -141,12 +141,3 @@ def test_span_both_target_and_opinion_is_one_target_and_long_gold_spans_stay_pos
   evaluation = sampling.eval_sample(encoded, max_span_size=2)
   assert (3, 7) not in map(tuple, evaluation.span_word_bounds.tolist()) and evaluation.num_pairs == 0
 
-
-def test_triplets_from_pairs_threshold_and_invalid():
-  bounds = np.array([[0, 1], [2, 4], [5, 6]])
-  pairs = np.array([[0, 1], [2, 1], [1, 0], [0, 2]])
-  scores = np.array([[0.1, 0.9, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0], [0.6, 0.0, 0.0, 0.0], [0.9, 0.9, 0.9, 0.9]])
-  mask = np.array([True, True, True, False])
-  found = sampling.triplets_from_pairs(bounds, pairs, scores, mask, threshold=0.5)
-  assert found == [Triplet((0, 1), (2, 4), "NEGATIVE"), Triplet((0, 1), (2, 4), "POSITIVE"),
-                   Triplet((2, 4), (0, 1), "NEUTRAL")]

@@ -32,8 +32,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from d2e2s_jax.data.encoding import EncodedExample, word_span_to_token_bounds
-from d2e2s_jax.data.examples import (ENTITY_OUTPUTS, NO_ENTITY, OPINION, SENTIMENT_OUTPUTS, SENTIMENTS, TARGET, Span,
-                                     Triplet)
+from d2e2s_jax.data.examples import ENTITY_OUTPUTS, NO_ENTITY, OPINION, SENTIMENT_OUTPUTS, TARGET, Span, Triplet
 
 # Span label ids (indices into ENTITY_OUTPUTS).
 NONE_LABEL, TARGET_LABEL, OPINION_LABEL = (ENTITY_OUTPUTS.index(name) for name in (NO_ENTITY, TARGET, OPINION))
@@ -183,33 +182,3 @@ def eval_sample(encoded: EncodedExample, *, max_span_size: int) -> SentenceSampl
   spans = candidate_spans(encoded.num_words, max_span_size)
   labels = [span_labels.get(span, NONE_LABEL) for span in spans]
   return _finish(encoded, spans, labels, [], np.zeros((0, NUM_PAIR_OUTPUTS), np.float32))
-
-
-def triplets_from_pairs(span_word_bounds: np.ndarray, pair_indices: np.ndarray, pair_scores: np.ndarray,
-                        pair_mask: np.ndarray, threshold: float = 0.5) -> List[Triplet]:
-  """Word-level triplets of one sentence from scored (head, tail) pairs.
-
-  This is the last step of inference and of scoring: a pair yields a triplet for each
-  sentiment of SENTIMENTS whose score is >= threshold (INVALID yields none), with the
-  head span as aspect and the tail span as opinion; duplicates are dropped.
-
-  Args:
-    span_word_bounds: int [S, 2] word spans of the sentence's candidates.
-    pair_indices: int [P, 2] (head, tail) indices into the spans.
-    pair_scores: float [P, 4] per SENTIMENT_OUTPUTS (probabilities, or multi-hot gold).
-    pair_mask: bool [P] real pairs.
-    threshold: the `sen_filter_threshold`.
-
-  Returns:
-    The triplets, sorted.
-  """
-  found = set()
-  for (head, tail), scores, real in zip(np.asarray(pair_indices), np.asarray(pair_scores), np.asarray(pair_mask)):
-    if not real:
-      continue
-    aspect = tuple(int(x) for x in span_word_bounds[head])
-    opinion = tuple(int(x) for x in span_word_bounds[tail])
-    for sentiment in SENTIMENTS:
-      if scores[SENTIMENT_OUTPUTS.index(sentiment)] >= threshold:
-        found.add(Triplet(aspect, opinion, sentiment))
-  return sorted(found, key=lambda t: (t.aspect, t.opinion, t.sentiment))
