@@ -31,26 +31,17 @@ CPU with tiny sizes (tests/test_accelerator_benchmark.py). Parts (`--parts`):
   Torch runs only on the device ours runs on (CPU with CPU, CUDA with a GPU); without a
   usable torch our encoder is timed alone and `torch_error` says why.
 
-FLOPs and MFU. `analytic_flops` counts model FLOPs (no rematerialisation, no optimizer):
-forward = 2 * (dense parameters) * B*T [every kernel applied once per token: attention
-and FFN projections, the conv layer, the head's LSTMs, GCN and fusion layers; the span
-and pair classifiers once per span / pair] + 4 * L * B * T^2 * d [content scores and
-probabilities x values] + per relative term (c2p, p2c) 2 * L * B * T * R * d [scores
-against the R reachable relative rows, R = 2T - 1 capped at 2 * position buckets] +
-2 * L * R * d^2 per term [projecting those rows]; a training step is 3x forward.
-Not counted: embeddings lookups, the head's [T, T] graph products and attention (< 1 %
-at xxlarge), elementwise work. For one unscanned encoder layer (width 512, T = 128, 256
-buckets) it is within 2 % of XLA's count, forward and forward + backward. `mfu` uses
-this count (`mfu_basis: "analytic"`); XLA's own count (`compiled.cost_analysis()
-["flops"]`) is reported beside it as `xla_flops_per_step`, with `xla_over_analytic` and
-`mfu_xla`: it includes the recomputation and the optimizer, but XLA's HLO cost analysis
-counts a while loop's body once, so with the encoder's layers under `nn.scan` (and the
-LSTMs' time steps under `lax.scan`) it misses most of the work (jax 0.10.2 CPU: 2 and 4
-layers count alike; a ratio far below 1 shows it). The peak FLOP/s
-comes from `--peak_tflops` or from `PEAK_TFLOPS` by device kind (dense, no sparsity):
-bfloat16 compute uses the bf16 tensor-core peak; float32 compute the TF32 one when
-JAX's default matmul precision lets XLA use TF32 (its default on NVIDIA GPUs), else the
-plain float32 one. Every part reports the peak it used and where it came from.
+FLOPs and MFU come from `d2e2s_jax.training.throughput` (its docstring has the FLOPs
+model): `analytic_flops_per_step` is `throughput.train_step_flops` of the step's batch
+shape (model FLOPs: no rematerialisation, no optimizer) and the encoder part's
+`analytic_forward_flops` is `throughput.analytic_flops` of the encoder alone (x3 for
+forward + backward). `mfu` uses this count (`mfu_basis: "analytic"`); XLA's own count
+(`throughput.compiled_flops`) is reported beside it as `xla_flops_per_step`, with
+`xla_over_analytic` and `mfu_xla`: it includes the recomputation and the optimizer but
+counts a while loop's body once, so a ratio far below 1 shows the scanned layers it
+missed. The peak FLOP/s comes from `--peak_tflops` or from `throughput.find_peak` by
+device kind and compute dtype (dense, no sparsity; TF32 for float32 at JAX's default
+matmul precision). Every part reports the peak it used and where it came from.
 
 Memory. `peak_memory_gib` is `jax.devices()[0].memory_stats()["peak_bytes_in_use"]`
 where the backend has it (GPU, TPU); JAX cannot reset that peak, so by default
@@ -153,7 +144,9 @@ for _optional in ("jraph", "orbax.checkpoint"):
 import memory_plan  # pylint: disable=wrong-import-position
 
 from d2e2s_jax import fileio  # pylint: disable=wrong-import-position
-from d2e2s_jax.data import graphs, sampling  # pylint: disable=wrong-import-position
+from d2e2s_jax.data import graphs  # pylint: disable=wrong-import-position
+from d2e2s_jax.data.examples import SENTIMENT_OUTPUTS  # pylint: disable=wrong-import-position
+from d2e2s_jax.training import throughput  # pylint: disable=wrong-import-position
 
 GIB = 2**30
 SCRIPT = os.path.abspath(__file__)
@@ -172,24 +165,6 @@ PARTS = (*STEP_PARTS, "encoder")
 # Most wanted first: a timeout cuts the least important part.
 DEFAULT_PARTS = ("step_bf16_remat", "step_lean", "step_f32_remat", "encoder", "step_f32")
 
-# Dense (no sparsity) peak TFLOP/s per device: (lower-cased substring of device_kind,
-# {"bfloat16", "tf32", "float32"}). First match wins, so specific names come first.
-# TPUs run float32 matmuls at default precision as one bfloat16 pass.
-PEAK_TFLOPS = (
-    ("gh200", {"bfloat16": 989.0, "tf32": 494.0, "float32": 67.0}),
-    ("h200", {"bfloat16": 989.0, "tf32": 494.0, "float32": 67.0}),
-    ("h100 pcie", {"bfloat16": 756.0, "tf32": 378.0, "float32": 51.0}),
-    ("h100", {"bfloat16": 989.0, "tf32": 494.0, "float32": 67.0}),
-    ("h800", {"bfloat16": 989.0, "tf32": 494.0, "float32": 67.0}),
-    ("b200", {"bfloat16": 2250.0, "tf32": 1100.0, "float32": 75.0}),
-    ("a100", {"bfloat16": 312.0, "tf32": 156.0, "float32": 19.5}),
-    ("l4", {"bfloat16": 121.0, "tf32": 60.0, "float32": 30.0}),
-    ("tpu v6", {"bfloat16": 918.0, "tf32": 918.0}),
-    ("tpu v5 lite", {"bfloat16": 197.0, "tf32": 197.0}),
-    ("tpu v5e", {"bfloat16": 197.0, "tf32": 197.0}),
-    ("tpu v5", {"bfloat16": 459.0, "tf32": 459.0}),
-    ("tpu v4", {"bfloat16": 275.0, "tf32": 275.0}),
-)
 # Packages whose versions the figures depend on (read from metadata, nothing imported).
 PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin", "jax-cuda12-pjrt",
             "libtpu", "flax", "optax", "numpy", "torch", "transformers")
@@ -223,7 +198,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   parser.add_argument("--torch_f32_precision", choices=("high", "highest", "medium"), default="high",
                       help="torch.set_float32_matmul_precision for torch's float32 runs (high = TF32)")
   parser.add_argument("--peak_tflops", type=float, default=None,
-                      help="peak TFLOP/s for MFU (default: PEAK_TFLOPS by device kind and dtype)")
+                      help="peak TFLOP/s for MFU (default: throughput.PEAK_TFLOPS by device kind and dtype)")
   parser.add_argument("--budget_s", type=float, default=0.0,
                       help="stop starting/continuing parts after this many seconds (0: no limit)")
   parser.add_argument("--isolate", choices=("yes", "no"), default="yes",
@@ -319,81 +294,31 @@ def synthetic_batch(args: argparse.Namespace, max_span_size: int = 6, seed: int 
       batch["pair_indices"][row, :len(pairs)] = pairs
       batch["pair_mask"][row, :len(pairs)] = True
       for index in range(min(len(gold_pairs), len(pairs))):
-        batch["pair_labels"][row, index, sampling.PAIR_SENTIMENTS.index("POSITIVE")] = 1.0
+        batch["pair_labels"][row, index, SENTIMENT_OUTPUTS.index("POSITIVE")] = 1.0
     batch["example_index"][row] = row
     batch["example_mask"][row] = True
   return batch
 
 
-# ----------------------------------------------------------------------------- FLOPs
-
-
-def dense_parameter_count(params: Any) -> Dict[str, int]:
-  """Parameters applied once per token (kernels), and those applied per span / per pair."""
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  counts = {"per_token": 0, "per_span": 0, "per_pair": 0}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(nn.meta.unbox(params))[0]:
-    names = [str(getattr(key, "key", getattr(key, "name", key))) for key in path]
-    if not names[-1].endswith("kernel"):
-      continue  # embeddings, biases, norms
-    size = int(np.prod(np.shape(leaf)))
-    if "entity_classifier" in names:
-      counts["per_span"] += size
-    elif "senti_classifier" in names:
-      counts["per_pair"] += size
-    else:
-      counts["per_token"] += size
-  return counts
-
-
-def analytic_flops(encoder_config: Any, dense: Mapping[str, int], batch: int, length: int, spans: int = 0,
-                   pairs: int = 0, training: bool = True) -> float:
-  """Model FLOPs of one forward (x3 with `training`) pass; the formula is in the module docstring."""
-  from d2e2s_jax.models import deberta_v2  # pylint: disable=import-outside-toplevel
-  d, layers = encoder_config.hidden_size, encoder_config.num_hidden_layers
-  forward = 2.0 * dense["per_token"] * batch * length
-  forward += 2.0 * dense.get("per_span", 0) * batch * spans + 2.0 * dense.get("per_pair", 0) * batch * pairs
-  forward += 4.0 * layers * batch * length * length * d
-  if encoder_config.relative_attention:
-    rows = deberta_v2.relative_position_tables(length, encoder_config.att_span, encoder_config.position_buckets,
-                                               encoder_config.relative_range)[3]
-    terms = sum(1 for term in ("c2p", "p2c") if term in encoder_config.pos_att_type)
-    forward += terms * (2.0 * layers * batch * length * rows * d + 2.0 * layers * rows * d * d)
-  return forward * (3.0 if training else 1.0)
-
-
-def matmul_precision_class(compute_dtype: str) -> str:
-  """Which peak a compute dtype reaches: "bfloat16", "tf32" or "float32"."""
-  if compute_dtype == "bfloat16":
-    return "bfloat16"
-  precision = str(getattr(jax.config, "jax_default_matmul_precision", None) or "default").lower()
-  return "float32" if precision in ("highest", "float32", "f32_f32_f32") else "tf32"
+# ----------------------------------------------------------------------------- peaks
 
 
 def peak_tflops(args: argparse.Namespace, device_kind: str, compute_dtype: str) -> Dict[str, Any]:
-  """The peak TFLOP/s an MFU divides by, and where it came from."""
-  kind = matmul_precision_class(compute_dtype)
+  """The peak TFLOP/s an MFU divides by (`--peak_tflops`, else `throughput.find_peak`), and where it came from."""
+  kind = throughput.matmul_precision_class(compute_dtype)
   if args.peak_tflops:
     return {"peak_tflops": float(args.peak_tflops), "peak_source": "--peak_tflops", "peak_class": kind}
-  lowered = device_kind.lower()
-  for name, peaks in PEAK_TFLOPS:
-    if name in lowered and kind in peaks:
-      return {"peak_tflops": peaks[kind], "peak_class": kind,
-              "peak_source": f"PEAK_TFLOPS[{name!r}][{kind!r}] for device_kind {device_kind!r}"}
-  return {"peak_source": f"unknown device_kind {device_kind!r}: pass --peak_tflops", "peak_class": kind}
+  peak = throughput.find_peak(device_kind, compute_dtype)
+  if peak is None:
+    return {"peak_source": f"unknown device_kind {device_kind!r}: pass --peak_tflops", "peak_class": kind}
+  return {"peak_tflops": peak.tflops, "peak_class": kind,
+          "peak_source": f"throughput.PEAK_TFLOPS[{peak.table_key!r}][{kind!r}] for device_kind {device_kind!r}"}
 
 
-def xla_flops(compiled: Any) -> Optional[float]:
-  """XLA's FLOP count of a compiled program, or None (the API returns a dict or a list of them)."""
-  try:
-    analysis = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else None
-  if not analysis or "flops" not in analysis:
-    return None
-  return float(analysis["flops"])
+def mfu(flops_per_step: float, seconds_per_step: float, figures: Mapping[str, Any]) -> Optional[float]:
+  """`throughput.utilisation` against the part's `peak_tflops` (None without one)."""
+  peak = figures.get("peak_tflops")
+  return throughput.utilisation(flops_per_step, seconds_per_step, None if peak is None else peak * 1e12)
 
 
 # ----------------------------------------------------------------------------- device facts
@@ -492,15 +417,14 @@ def step_part(args: argparse.Namespace, name: str, save: Save) -> Dict[str, Any]
   optimizer = optim.make_optimizer(optimizer_config, total_steps)
   schedule = optim.learning_rate_schedule(optimizer_config, total_steps)
   mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
-  batch = synthetic_batch(args, model_config.max_span_size, args.seed)
+  batch = synthetic_batch(args, config.max_span_size, args.seed)
 
   start = time.perf_counter()
   state, state_shardings = trainer.create_train_state(model, optimizer, batch, config.seed, mesh)
   jax.block_until_ready(state)
   figures["init_s"] = time.perf_counter() - start
   figures["param_count"] = int(sum(np.size(leaf) for leaf in jax.tree.leaves(state.params)))
-  dense = dense_parameter_count(state.params)
-  figures["dense_param_count"] = dense["per_token"]
+  figures["dense_param_count"] = throughput.dense_parameter_counts(state.params)["per_token"]
   step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings,
                                  optim.make_update_fn(optimizer_config, total_steps, optimizer))
   device_batch = jax.block_until_ready(sharding.shard_batch(batch, mesh))
@@ -512,9 +436,9 @@ def step_part(args: argparse.Namespace, name: str, save: Save) -> Dict[str, Any]
   compiled = lowered.compile()
   figures["compile_s"] = time.perf_counter() - start
   figures.update(compiled_memory(compiled))
-  figures["analytic_flops_per_step"] = analytic_flops(encoder_config, dense, args.batch, args.length, args.spans,
-                                                      args.pairs, training=True)
-  flops = xla_flops(compiled)
+  figures["analytic_flops_per_step"] = throughput.train_step_flops(model_config, args.batch, args.length, args.spans,
+                                                                  args.pairs, params=state.params)
+  flops = throughput.compiled_flops(compiled)
   if flops is not None:
     figures["xla_flops_per_step"] = flops
     figures["xla_over_analytic"] = flops / figures["analytic_flops_per_step"]
@@ -545,9 +469,9 @@ def step_part(args: argparse.Namespace, name: str, save: Save) -> Dict[str, Any]
                  final_loss=float(metrics["loss"]), total_skips=int(metrics["total_skips"]),
                  mfu_basis="analytic")
   if "peak_tflops" in figures:
-    figures["mfu"] = figures["analytic_tflops_per_s"] / figures["peak_tflops"]
+    figures["mfu"] = mfu(figures["analytic_flops_per_step"], step_s, figures)
     if "xla_flops_per_step" in figures:
-      figures["mfu_xla"] = figures["xla_flops_per_step"] / step_s / 1e12 / figures["peak_tflops"]
+      figures["mfu_xla"] = mfu(figures["xla_flops_per_step"], step_s, figures)
   stats = memory_stats()
   if stats and "peak_bytes_in_use" in stats:
     figures["peak_memory_gib"] = stats["peak_bytes_in_use"] / GIB
@@ -628,7 +552,8 @@ def encoder_part(args: argparse.Namespace, save: Save) -> Dict[str, Any]:
   params = jax.block_until_ready(params)
   figures["build_s"] = time.perf_counter() - start
   figures["param_count"] = int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
-  forward_flops = analytic_flops(config, dense_parameter_count(params), args.batch, args.length, training=False)
+  forward_flops = throughput.analytic_flops(config, throughput.dense_parameter_counts(params), args.batch,
+                                            args.length, training=False)
   figures["analytic_forward_flops"] = forward_flops
 
   rng = np.random.RandomState(args.seed)
@@ -666,15 +591,15 @@ def encoder_part(args: argparse.Namespace, save: Save) -> Dict[str, Any]:
       for function in runs.values():
         function()
     seconds = common.interleaved(runs, args.encoder_repeats)
+    row.update(peak_tflops(args, figures["device_kind"], dtype))
     for run, values in seconds.items():
       median = common.median(values)
+      flops = forward_flops * (3 if run.endswith("backward") else 1)
       row[f"{run}_s"] = median
       row[f"{run}_tokens_per_s"] = tokens / median
-      row[f"{run}_tflops_per_s"] = forward_flops * (3 if run.endswith("backward") else 1) / median / 1e12
-    row.update(peak_tflops(args, figures["device_kind"], dtype))
-    if "peak_tflops" in row:
-      for run in runs:
-        row[f"{run}_mfu"] = row[f"{run}_tflops_per_s"] / row["peak_tflops"]
+      row[f"{run}_tflops_per_s"] = flops / median / 1e12
+      if "peak_tflops" in row:
+        row[f"{run}_mfu"] = mfu(flops, median, row)
     message = (f"[encoder] {dtype}: ours forward {row['ours_forward_tokens_per_s']:.0f}, forward+backward "
                f"{row['ours_forward_backward_tokens_per_s']:.0f} tokens/s")
     if torch is not None:
