@@ -2,8 +2,8 @@
 
 For each model size (`--configs`: `tiny`, hidden 64 / 2 layers; `base`, hidden 768 / 12
 layers / 12 heads / FFN 3072 / vocab 128100, random weights) this builds the trainer's
-own pieces (`trainer.create_train_state`, `make_train_step`, `make_predict_step`) on one
-device and walks an epoch of `batching.train_batches` the way `train_and_evaluate`
+own pieces (`trainer.create_train_state`, `trainer.make_train_step`,
+`prediction.make_predict_step`) on one device and walks an epoch of `batching.train_batches` the way `train_and_evaluate`
 does, timing each piece of every step separately, in the loop's order (so the pieces are
 interleaved repetition by repetition):
 
@@ -19,10 +19,12 @@ left out of the medians. `--max_compiles` bounds the compilations (batches of ot
 shapes are built and timed but not stepped); `--full_epoch` steps every batch of the
 epoch and reports the actual traces beside the distinct shapes of `shape_report`.
 
-Evaluation runs the jitted `predict_step` on dev batches of one shape (`predict`) and
-the host conversion of its outputs to triplets and terms (`decode`).
+Evaluation runs the jitted `predict_step` on dev batches of one shape until its outputs
+are ready (`predict`, the device) and the host side of the prediction path
+(`decoding.fetch_host_outputs` + `decoding.host_predictions`: `decode`);
+`decode_over_predict` is the host's share beside the device's.
 
-Issue 7's fixes, each measured against the code it replaced in the same run:
+Planning, measured both ways in the same run:
 
 * Planning (`batching.plan_dataset`: graphs and shape plans) once per run instead of per
   epoch / per evaluation: the host seconds of an epoch's (and an evaluation's) batch
@@ -34,15 +36,9 @@ Issue 7's fixes, each measured against the code it replaced in the same run:
   `--eval_compile_configs`, default tiny) the compilation of a fresh predict step for each
   shape, summed over each set. Other configs extrapolate: shapes x their own
   `eval_compile_s` (one predict compilation), named `*_estimated_s`.
-* Model fixes (`--fix_repeats` > 0): the trainer's train step and predict step compiled
-  with every fix (`all`), with none (`none`, the old implementations kept in this file,
-  `OLD_IMPLEMENTATIONS`) and with each fix alone reverted (`without_<fix>`), on one
-  batch of the commonest training shape (and the commonest dev shape), then timed
-  interleaved; `fix_<fix>_train_step_ratio` = all / without_<fix> and
-  `fixes_train_step_ratio` = all / none (below 1: the fix is faster), likewise `predict`;
-  from medians and, `*_ratio_min`, from the fastest repetitions (load from other jobs
-  only slows repetitions down). One train state is threaded through all variants (the
-  step donates it).
+
+The A/B of issue 7's head fixes against the implementations they replaced ran here up to
+commit 263aad2 (`--fix_repeats`); it is in the git history, not in the library.
 
 The sentence vocabulary is a SentencePiece model trained on 14res train (about 2.2k
 pieces); the base encoder keeps its 128100-row embedding, of which those ids use the
@@ -51,14 +47,12 @@ ratios measured in one run rather than absolute figures across runs.
 
   python benchmarks/train_step.py --configs tiny,base --steps 5
   python benchmarks/train_step.py --configs tiny --steps 2 --eval_batches 1 --json   # quick
-  python benchmarks/train_step.py --configs tiny,base --fix_repeats 3   # with the fixes' A/B
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import dataclasses
 import glob
 import gzip
@@ -66,17 +60,17 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
-import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from d2e2s_jax import prediction  # pylint: disable=wrong-import-position
 from d2e2s_jax.data import batching  # pylint: disable=wrong-import-position
-from d2e2s_jax.models import d2e2s, decoding, gcn, lstm  # pylint: disable=wrong-import-position
+from d2e2s_jax.models import d2e2s, decoding  # pylint: disable=wrong-import-position
 from d2e2s_jax.training import optim, sharding, trainer  # pylint: disable=wrong-import-position
 from d2e2s_jax.training.config import TrainConfig  # pylint: disable=wrong-import-position
 
@@ -85,114 +79,6 @@ CONFIGS = {
     "tiny": dict(hidden=64, layers=2, heads=2, ffn=128, buckets=32, vocab=0, head_heads=2),
     "base": dict(hidden=768, layers=12, heads=12, ffn=3072, buckets=256, vocab=128100, head_heads=8),
 }
-
-
-# ----------------------------------------------------------------- the replaced code
-# The implementations that issue 7's model fixes replaced, kept here only, so that every
-# run measures each fix against its predecessor.
-
-
-def _autodiff_recurrence(projected, recurrent_kernels, dtype):
-  """lstm._bidirectional_recurrence before the hand-written backward pass: autodiff of the
-  scan (the recurrent kernel's gradient accumulated inside the reverse loop)."""
-  recurrent_kernels = recurrent_kernels.astype(dtype)
-
-  def step(carry, projected_t):
-    hidden, cell = carry
-    gates = projected_t + jnp.einsum("zbh,zhg->zbg", hidden.astype(dtype), recurrent_kernels).astype(jnp.float32)
-    input_gate, forget_gate, cell_gate, output_gate = jnp.split(gates, 4, axis=-1)
-    cell = jax.nn.sigmoid(forget_gate) * cell + jax.nn.sigmoid(input_gate) * jnp.tanh(cell_gate)
-    hidden = jax.nn.sigmoid(output_gate) * jnp.tanh(cell)
-    return (hidden, cell), hidden
-
-  zeros = jnp.zeros(projected.shape[:2] + (recurrent_kernels.shape[1],), jnp.float32)
-  _, hidden_states = jax.lax.scan(step, (zeros, zeros), jnp.moveaxis(projected, 2, 0))
-  return jnp.moveaxis(hidden_states, 0, 2).astype(dtype)
-
-
-def _untransposed_backward(dtype, residuals, hidden_grads):
-  """lstm._recurrence_bwd before its kernel was transposed outside the loop: the loop's
-  matmul contracts the [2, H, 4H] kernel along its last axis."""
-  hidden, previous_cells, activations, recurrent_kernels = residuals
-  kernels = recurrent_kernels.astype(dtype)
-
-  def step(carry, inputs):
-    hidden_grad, cell_grad = carry
-    output_grad, activations_t, previous_cell = inputs
-    input_gate, forget_gate, cell_gate, output_gate = jnp.split(activations_t, 4, axis=-1)
-    tanh_cell = jnp.tanh(forget_gate * previous_cell + input_gate * cell_gate)
-    hidden_grad = hidden_grad + output_grad
-    cell_grad = cell_grad + hidden_grad * output_gate * (1 - tanh_cell * tanh_cell)
-    gate_grads = jnp.concatenate([cell_grad * cell_gate * input_gate * (1 - input_gate),
-                                  cell_grad * previous_cell * forget_gate * (1 - forget_gate),
-                                  cell_grad * input_gate * (1 - cell_gate * cell_gate),
-                                  hidden_grad * tanh_cell * output_gate * (1 - output_gate)], axis=-1)
-    previous_hidden_grad = jnp.einsum("zbg,zhg->zbh", gate_grads.astype(dtype), kernels)
-    return (previous_hidden_grad.astype(jnp.float32), cell_grad * forget_gate), gate_grads
-
-  zeros = jnp.zeros_like(previous_cells[0])
-  _, gate_grads = jax.lax.scan(step, (zeros, zeros), (hidden_grads.astype(jnp.float32), activations, previous_cells),
-                               reverse=True)
-  kernel_grads = jnp.einsum("tzbh,tzbg->zhg", hidden[:-1].astype(dtype), gate_grads[1:].astype(dtype),
-                            preferred_element_type=jnp.float32)
-  return gate_grads, kernel_grads.astype(recurrent_kernels.dtype)
-
-
-_untransposed_recurrence = jax.custom_vjp(
-    lambda projected, kernels, dtype: lstm._recurrence_forward(projected, kernels, dtype)[0],  # pylint: disable=protected-access
-    nondiff_argnums=(2,))
-_untransposed_recurrence.defvjp(lstm._recurrence_fwd, _untransposed_backward)  # pylint: disable=protected-access
-
-
-def _untransposed_bidirectional_recurrence(projected, recurrent_kernels, dtype):
-  hidden_states = _untransposed_recurrence(jnp.moveaxis(projected, 2, 0), recurrent_kernels, dtype)
-  return jnp.moveaxis(hidden_states, 0, 2).astype(dtype)
-
-
-class _TwoMatmulSynGCN(gcn.SynGCN):
-  """gcn.SynGCN before the fix: `W(A X) + b + W(X) + b` as two matmuls."""
-
-  def __call__(self, inputs, edges, deterministic=True, adjacency=None):
-    num_nodes = inputs.shape[1]
-    graph = None
-    if self.implementation == "dense" and adjacency is None:
-      adjacency = edges.dense(num_nodes)
-    elif self.implementation == "jraph":
-      graph = edges.graphs_tuple(num_nodes)
-    x = inputs.astype(self.dtype)
-    for index, layer in enumerate(self.layers):
-      aggregated, row_sums = gcn._aggregate(self.implementation, adjacency, graph, x)  # pylint: disable=protected-access
-      x = jax.nn.relu((layer(aggregated) + layer(x)) / (row_sums + 1))
-      if index < self.num_layers - 1:
-        x = self.dropout(x, deterministic=deterministic)
-    return x
-
-
-# fix name -> [(module, attribute, old value)]: what reverting the fix patches (at trace time).
-# Reverting `lstm_backward` reverts `lstm_transposed_kernel` too (autodiff has no such
-# choice), so `fix_lstm_backward_*_ratio` measures both LSTM fixes together and
-# `fix_lstm_transposed_kernel_*_ratio` the transposition alone.
-OLD_IMPLEMENTATIONS = {
-    "lstm_backward": [(lstm, "_bidirectional_recurrence", _autodiff_recurrence)],
-    "lstm_transposed_kernel": [(lstm, "_bidirectional_recurrence", _untransposed_bidirectional_recurrence)],
-    "syn_gcn_one_matmul": [(d2e2s, "SynGCN", _TwoMatmulSynGCN)],
-}
-
-
-@contextlib.contextmanager
-def reverted(fixes: Sequence[str]) -> Iterator[None]:
-  """Traces inside run the old implementations of `fixes` (where two patch the same
-  attribute, the one listed first in OLD_IMPLEMENTATIONS wins)."""
-  saved = []
-  try:
-    for fix in reversed([name for name in OLD_IMPLEMENTATIONS if name in fixes]):
-      for module, attribute, old in OLD_IMPLEMENTATIONS[fix]:
-        saved.append((module, attribute, getattr(module, attribute)))
-        setattr(module, attribute, old)
-    yield
-  finally:
-    for module, attribute, value in reversed(saved):
-      setattr(module, attribute, value)
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -213,11 +99,6 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   parser.add_argument("--eval_compile_configs", default="tiny",
                       help="configs whose predict step is compiled for every distinct dev+test shape "
                            "(others extrapolate from one compilation)")
-  parser.add_argument("--fixes", default=",".join(OLD_IMPLEMENTATIONS),
-                      help=f"comma-separated subset of {list(OLD_IMPLEMENTATIONS)} for --fix_repeats")
-  parser.add_argument("--fix_repeats", type=int, default=0,
-                      help="interleaved repetitions of the model fixes' A/B (0: skip; it compiles 2 + fixes "
-                           "variants of the train and predict steps)")
   parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
   args = parser.parse_args(argv)
   args.configs = [name.strip() for name in args.configs.split(",") if name.strip()]
@@ -225,12 +106,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.error(f"--configs must be a subset of {list(CONFIGS)}")
   if args.steps < 1 or args.eval_batches < 1 or args.batch < 1 or args.max_compiles < 1:
     parser.error("--steps, --eval_batches, --batch, --max_compiles must be >= 1")
-  if args.plan_repeats < 0 or args.fix_repeats < 0:
-    parser.error("--plan_repeats and --fix_repeats must be >= 0")
+  if args.plan_repeats < 0:
+    parser.error("--plan_repeats must be >= 0")
   args.eval_compile_configs = [name.strip() for name in args.eval_compile_configs.split(",") if name.strip()]
-  args.fixes = [name.strip() for name in args.fixes.split(",") if name.strip()]
-  if not args.fixes or set(args.fixes) - set(OLD_IMPLEMENTATIONS):
-    parser.error(f"--fixes must be a non-empty subset of {list(OLD_IMPLEMENTATIONS)}")
   if set(args.eval_compile_configs) - set(CONFIGS):
     parser.error(f"--eval_compile_configs must be a subset of {list(CONFIGS)}")
   return args
@@ -357,7 +235,7 @@ def eval_compile_figures(model, mesh, state_shardings, params, shapes: Dict[str,
   """Compiles a fresh predict step for every distinct dev+test shape, sums per plan kind."""
   seconds: Dict[tuple, float] = {}
   for shape, batch in {**shapes["separate"], **shapes["merged"]}.items():
-    predict_step = trainer.make_predict_step(model, mesh, state_shardings.params)  # fresh: no cached trace
+    predict_step = prediction.make_predict_step(model, mesh, state_shardings.params)  # fresh: no cached trace
     device_batch = block(sharding.shard_batch(batch, mesh))
     start = time.perf_counter()
     predict_step.lower(params, device_batch).compile()
@@ -369,67 +247,12 @@ def eval_compile_figures(model, mesh, state_shardings, params, shapes: Dict[str,
   return figures
 
 
-def fix_figures(name: str, model, optimizer, schedule, model_config, mesh, state, state_shardings,
-                train_batch, eval_batch, fixes: Sequence[str], repeats: int):
-  """A/B of the model fixes on the trainer's steps (see the module docstring).
-
-  Returns (the threaded train state, figures).
-  """
-  fixes = list(fixes)
-  variants = {"all": [], "none": fixes}
-  if len(fixes) > 1:
-    variants.update({f"without_{fix}": [fix] for fix in fixes})
-  device_train = block(sharding.shard_batch(train_batch, mesh))
-  device_eval = block(sharding.shard_batch(eval_batch, mesh))
-  train_steps, predict_steps = {}, {}
-  figures: Dict[str, Any] = {"fix_train_shape": list(train_batch["input_ids"].shape),
-                             "fix_eval_shape": list(eval_batch["input_ids"].shape)}
-  for variant, old in variants.items():
-    with reverted(old):
-      step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings)
-      start = time.perf_counter()
-      train_steps[variant] = step.lower(state, device_train).compile()
-      figures[f"fix_{variant}_train_compile_s"] = time.perf_counter() - start
-      predict = trainer.make_predict_step(model, mesh, state_shardings.params)
-      start = time.perf_counter()
-      predict_steps[variant] = predict.lower(state.params, device_eval).compile()
-      figures[f"fix_{variant}_predict_compile_s"] = time.perf_counter() - start
-    common.log(f"[{name}] compiled the {variant} variant")
-  seconds: Dict[str, List[float]] = collections.defaultdict(list)
-  for repetition in range(repeats + 1):  # the first round warms up
-    for variant in variants:
-      start = time.perf_counter()
-      state, _ = block(train_steps[variant](state, device_train))
-      train = time.perf_counter() - start
-      start = time.perf_counter()
-      block(predict_steps[variant](state.params, device_eval))
-      predict = time.perf_counter() - start
-      if repetition:
-        seconds[f"{variant}_train"].append(train)
-        seconds[f"{variant}_predict"].append(predict)
-  # Medians, and minima (`_min`): other jobs only ever slow a repetition down, so on a
-  # busy machine the fastest repetition is the steadier estimate of the step itself.
-  for statistic, reduce in (("", common.median), ("_min", min)):
-    times = {key: reduce(values) for key, values in seconds.items()}
-    for key, value in times.items():
-      figures[f"fix_{key}{statistic}_s"] = value
-    for step in ("train", "predict"):
-      all_s = times[f"all_{step}"]
-      figures[f"fixes_{step}_step_ratio{statistic}"] = all_s / times[f"none_{step}"]
-      for fix in fixes:
-        without = times.get(f"without_{fix}_{step}", times[f"none_{step}"])
-        figures[f"fix_{fix}_{step}_step_ratio{statistic}"] = all_s / without
-  figures["fixes_train_compile_ratio"] = figures["fix_all_train_compile_s"] / figures["fix_none_train_compile_s"]
-  figures["fix_repeats"] = repeats
-  return state, figures
-
-
 def run_config(name: str, data, args: argparse.Namespace, planning: Dict[str, Any]) -> Dict[str, Any]:
   """Times training and evaluation of one model size; returns its figures."""
   sizes = CONFIGS[name]
   tokenizer, _, encoded = data
   config = run_train_config(name, tokenizer, args)
-  encoder_config = config.scratch_encoder_config(len(tokenizer), int(tokenizer.pad_token_id))
+  encoder_config = config.encoder_config(tokenizer)
   encoder_config = dataclasses.replace(encoder_config, vocab_size=max(len(tokenizer), sizes["vocab"]))
   model_config = config.model_config(encoder_config)
   model = d2e2s.D2E2S(model_config)
@@ -454,7 +277,6 @@ def run_config(name: str, data, args: argparse.Namespace, planning: Dict[str, An
   start = time.perf_counter()
   batches = batching.train_batches(encoded["train"], train_config, 0, config.seed)
   first = next(batches)
-  fix_train_batch = first  # the shape the loop compiles
   figures["first_batch_s"] = time.perf_counter() - start
   state, state_shardings = trainer.create_train_state(model, optimizer, first, config.seed, mesh)
   block(state)
@@ -525,22 +347,22 @@ def run_config(name: str, data, args: argparse.Namespace, planning: Dict[str, An
   shapes = [b["input_ids"].shape for b in eval_list]
   common_shape = max(set(shapes), key=shapes.count)
   chosen = [b for b in eval_list if b["input_ids"].shape == common_shape][:args.eval_batches + 1]
-  predict_step = trainer.make_predict_step(model, mesh, state_shardings.params)
+  predict_step = prediction.make_predict_step(model, mesh, state_shardings.params)
   eval_pieces: Dict[str, List[float]] = {"predict": [], "decode": []}
   eval_rows, eval_on_pairs, eval_triplets = [], [], []
   for index, batch in enumerate(chosen):
     device_batch = block(sharding.shard_batch(batch, mesh))
     start = time.perf_counter()
-    decoded = jax.device_get(predict_step(state.params, device_batch))
+    output = block(predict_step(state.params, device_batch))
     predict = time.perf_counter() - start
     start = time.perf_counter()
-    triplets = decoding.decoded_triplets(decoded, batch["span_word_bounds"])
-    decoding.decoded_terms(decoded, batch["span_mask"], batch["span_word_bounds"])
+    decoded = decoding.fetch_host_outputs(output)
+    predictions = decoding.host_predictions(decoded, batch["span_mask"], batch["span_word_bounds"])
     decode = time.perf_counter() - start
     # The host's decoding cost grows with the pairs over the threshold (nearly all of them
     # for random weights: sigmoid(~0) = 0.5 >= 0.4).
     eval_on_pairs.append(int(np.asarray(decoded["sentiment_on"]).sum()))
-    eval_triplets.append(sum(len(row) for row in triplets))
+    eval_triplets.append(sum(len(row.triplet_codes) for row in predictions))
     if index == 0:
       figures["eval_compile_s"] = predict
       continue
@@ -566,11 +388,6 @@ def run_config(name: str, data, args: argparse.Namespace, planning: Dict[str, An
       # One measured predict compilation times the number of shapes.
       for kind in ("separate", "merged"):
         figures[f"eval_compile_{kind}_estimated_s"] = planning[f"eval_shapes_{kind}"] * figures["eval_compile_s"]
-  if args.fix_repeats:
-    common.log(f"[{name}] A/B of the model fixes ...")
-    state, fixes = fix_figures(name, model, optimizer, schedule, model_config, mesh, state, state_shardings,
-                               fix_train_batch, chosen[0], args.fixes, args.fix_repeats)
-    figures.update(fixes)
   return figures
 
 

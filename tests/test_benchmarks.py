@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/train_step.py and benchmarks/memory_plan.py (no timing asserted).
+"""Smoke tests of benchmarks/train_step.py, memory_plan.py and decode.py (no timing asserted).
 
 Each benchmark runs as a subprocess with tiny settings and must print one JSON object
 with the expected keys as its last line. Compiling the full D2E2S training step takes
@@ -48,73 +48,47 @@ def load_benchmark(name):
 @pytest.mark.parametrize("name, flags", [
     ("train_step", ["--configs", "huge"]),
     ("train_step", ["--steps", "0"]),
-    ("train_step", ["--fixes", "lstm_unknown"]),
-    ("train_step", ["--fix_repeats", "-1"]),
+    ("train_step", ["--plan_repeats", "-1"]),
     ("train_step", ["--eval_compile_configs", "huge"]),
     ("memory_plan", ["--variants", "adamw_tpu"]),
     ("memory_plan", ["--hidden", "64", "--head_hidden", "64"]),
+    ("decode", ["--regimes", "sleepy"]),
+    ("decode", ["--k", "1"]),
 ])
 def test_benchmarks_reject_bad_flags(name, flags):
   with pytest.raises(SystemExit):
     load_benchmark(name).parse_args(flags)
 
 
-def test_train_step_old_implementations_compute_the_same():
-  """The replaced code kept in train_step.py (the fixes' A/B baseline) computes what the
-  library computes now, forward and gradients; `reverted` puts the library back."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from d2e2s_jax.models import d2e2s, gcn, lstm  # pylint: disable=import-outside-toplevel
-
-  train_step = load_benchmark("train_step")
-  rng = np.random.default_rng(0)
-  inputs = rng.standard_normal((3, 7, 6)).astype(np.float32)
-  mask = np.arange(7)[None, :] < np.asarray([[7], [4], [1]])
-  weights = rng.standard_normal((3, 7, 10)).astype(np.float32)
-  model = lstm.BiLSTM(5, 2)
-  params = model.init(jax.random.key(0), inputs, mask)
-
-  def lstm_grads():  # traced afresh: a new function each call
-    return jax.jit(jax.grad(lambda p, x: jnp.sum(model.apply(p, x, mask) * weights), argnums=(0, 1)))(params, inputs)
-
-  current = lstm_grads()
-  for fix in ("lstm_backward", "lstm_transposed_kernel"):
-    with train_step.reverted([fix]):
-      old = lstm_grads()
-    for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(current)):
-      np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=fix)
-
-  edges = gcn.SyntacticEdges(np.asarray([[0, 1, 2, 1, 0]] * 3, np.int32), np.asarray([[0, 1, 2, 0, 1]] * 3, np.int32),
-                             np.ones((3, 5), bool))
-  new_gcn, old_gcn = gcn.SynGCN(6), train_step._TwoMatmulSynGCN(6)  # pylint: disable=protected-access
-  gcn_params = new_gcn.init(jax.random.key(1), inputs, edges)
-  gcn_grads = [jax.grad(lambda p, x, m=module: jnp.sum(m.apply(p, x, edges) * weights[..., :6]), argnums=(0, 1))(
-      gcn_params, inputs) for module in (new_gcn, old_gcn)]
-  for a, b in zip(*(jax.tree.leaves(grads) for grads in gcn_grads)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-
-  originals = (lstm._bidirectional_recurrence, d2e2s.SynGCN)  # pylint: disable=protected-access
-  with train_step.reverted(list(train_step.OLD_IMPLEMENTATIONS)):
-    # The autodiff recurrence wins over the untransposed one (both patch the same name).
-    assert lstm._bidirectional_recurrence is train_step._autodiff_recurrence  # pylint: disable=protected-access
-    assert d2e2s.SynGCN is train_step._TwoMatmulSynGCN  # pylint: disable=protected-access
-  assert (lstm._bidirectional_recurrence, d2e2s.SynGCN) == originals  # pylint: disable=protected-access
+def test_decode_reports_the_host_pieces_beside_the_device_decoding(capsys):
+  benchmark = load_benchmark("decode")
+  returned = benchmark.main(["--repeats", "1", "--batch", "3", "--spans", "40", "--k", "5", "--json"])
+  figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert figures == json.loads(json.dumps(returned))
+  assert sorted(figures["regimes"]) == ["trained", "typical", "unselective"]
+  for values in figures["regimes"].values():
+    assert values["device_decode_ms"] > 0
+    for piece in ("eval", "predictions", "sets", "fetch"):
+      assert values[f"{piece}_ms"] > 0
+      assert values[f"{piece}_over_device_decode"] == pytest.approx(values[f"{piece}_ms"] / values["device_decode_ms"])
+    assert not [key for key in values if key.startswith(("reference", "ours"))]
+  unselective = figures["regimes"]["unselective"]
+  assert unselective["on_outputs_per_batch"] == 3 * 5 * 4 * 4  # everything on
+  assert 0 < unselective["triplets_per_batch"] <= unselective["on_outputs_per_batch"]
 
 
 @pytest.mark.slow
 def test_train_step_runs_tiny_and_prints_json_last(shared_data_dir):
   figures = run_benchmark("train_step.py", "--configs", "tiny", "--steps", "1", "--eval_batches", "1",
-                          "--plan_repeats", "1", "--eval_compile_configs", "", "--fix_repeats", "1",
-                          "--fixes", "syn_gcn_one_matmul", "--data_dir", str(shared_data_dir))
+                          "--plan_repeats", "1", "--eval_compile_configs", "", "--data_dir", str(shared_data_dir))
   tiny = figures["configs"]["tiny"]
   for key in ("train_build_s", "train_transfer_s", "train_step_s", "train_fetch_s", "train_sentences_per_s",
               "build_over_step", "train_step_traces", "train_distinct_shapes", "train_token_efficiency",
               "eval_predict_s", "eval_decode_s", "eval_sentences_per_s", "decode_over_predict", "plan_train_s",
               "epoch_replanning_over_epoch_device", "eval_replanning_over_eval_device",
-              "eval_compile_separate_estimated_s", "eval_compile_merged_estimated_s",
-              "fixes_train_step_ratio", "fixes_predict_step_ratio", "fix_syn_gcn_one_matmul_train_step_ratio"):
+              "eval_compile_separate_estimated_s", "eval_compile_merged_estimated_s"):
     assert key in tiny, key
+  assert not [key for key in tiny if key.startswith("fix")]
   assert tiny["train_step_traces"] == tiny["train_compiled_shapes"] == 1
   assert 0 < tiny["train_token_efficiency"] <= 1
   planning = figures["planning"]
