@@ -146,10 +146,10 @@ LEAN_VARIANTS: Dict[str, Tuple[str, str, str, Dict[str, Any]]] = {
     "lean_dots_bf16_factored_bf16m": ("data:1", "dots", "bfloat16",
                                       {"second_moment": "factored", "moment_dtype": "bfloat16"}),
     # Adafactor-like: factored second moment and no first moment at all (b1 = 0).
-    "lean_full_bf16_factored_nomomentum": ("data:1", "full", "bfloat16", {"second_moment": "factored", "b1": 0.0}),
+    "lean_full_bf16_factored_nomomentum": ("data:1", "full", "bfloat16", {"second_moment": "factored", "first_moment": False}),
     # Same without gradient clipping: how much of the update's temp the clipped copy costs.
     "lean_full_bf16_factored_nomomentum_noclip": ("data:1", "full", "bfloat16",
-                                                  {"second_moment": "factored", "b1": 0.0, "max_grad_norm": 0.0}),
+                                                  {"second_moment": "factored", "first_moment": False, "max_grad_norm": 0.0}),
     # The sliced update (optim.make_update_fn): the optimizer's temporaries one slice big.
     "lean_full_bf16_adamw_bf16moments_sliced": ("data:1", "full", "bfloat16",
                                                 {"moment_dtype": "bfloat16", "update": "sliced"}),
@@ -157,7 +157,7 @@ LEAN_VARIANTS: Dict[str, Tuple[str, str, str, Dict[str, Any]]] = {
                                              {"second_moment": "factored", "moment_dtype": "bfloat16",
                                               "update": "sliced"}),
     "lean_full_bf16_factored_nomomentum_sliced": ("data:1", "full", "bfloat16",
-                                                  {"second_moment": "factored", "b1": 0.0, "update": "sliced"}),
+                                                  {"second_moment": "factored", "first_moment": False, "update": "sliced"}),
 }
 VARIANTS = {**BASE_VARIANTS, **LEAN_VARIANTS}
 GOALS_GIB = {"adamw_fsdp8": 7.0, "adamw_fsdp8_remat_full": 7.0, "adamw_1dev": 38.0, "adamw_1dev_remat_full": 38.0,
@@ -306,7 +306,7 @@ def plan_variant(args: argparse.Namespace, name: str) -> Dict[str, float]:
       "mesh": mesh_spec, "remat_policy": remat, "compute_dtype": compute_dtype,
       "optimizer": optimizer_config.second_moment + (f", moments {optimizer_config.moment_dtype}"
                                                      if optimizer_config.moment_dtype else "")
-                   + (", no first moment" if optimizer_config.b1 == 0 else "")
+                   + (", no first moment" if not optimizer_config.first_moment else "")
                    + f", {optimizer_config.update} update",
       "argument_gib": memory.argument_size_in_bytes / GIB,
       "output_gib": memory.output_size_in_bytes / GIB,

@@ -39,7 +39,7 @@ from d2e2s_jax.training import optim  # pylint: disable=wrong-import-position
 
 OPTIMIZERS = {
     "adamw": {},
-    "lean": {"second_moment": "factored", "b1": 0.0},
+    "lean": {"second_moment": "factored", "first_moment": False},
 }
 
 

@@ -55,7 +55,7 @@ def test_flag_types_round_trip():
 
 
 def test_from_json_rejects_unknown_fields():
-  with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+  with pytest.raises(ValueError, match="unknown settings: learning_rate"):
     config_lib.TrainConfig.from_json({"learning_rate": 1.0})
 
 
@@ -64,4 +64,5 @@ def test_lean_overlay_after_a_dataset_flagfile():
   config = _parse(f"--flagfile={configs / '14res.flags'}", f"--flagfile={configs / 'lean_16gb.flags'}")
   assert (config.dataset, config.lr, config.remat_policy, config.compute_dtype) == ("14res", 5e-6, "full", "bfloat16")
   optimizer = config.optimizer_config()
-  assert (optimizer.second_moment, optimizer.b1, optimizer.update) == ("factored", 0.0, "sliced")
+  assert (optimizer.second_moment, optimizer.first_moment, optimizer.b1, optimizer.update) == (
+      "factored", False, 0.0, "sliced")

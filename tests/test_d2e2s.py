@@ -14,7 +14,7 @@ from d2e2s_jax.models import d2e2s, losses
 
 WIDTH = 16
 TINY = d2e2s.D2E2SConfig(hidden_size=WIDTH, hidden_dim=WIDTH // 2, attention_heads=2, size_embedding=5,
-                         max_span_size=3, max_decoded_spans=6, drop_out_rate=0.3, prop_drop=0.2)
+                         max_decoded_spans=6, drop_out_rate=0.3, prop_drop=0.2)
 
 
 def make_batch(seed, word_counts=(5, 3, 0), max_span=3, length=None, num_spans=None, num_pairs=None,

@@ -40,7 +40,7 @@ def test_tiny_model_overfits_eight_sentences(shared_data_dir, tmp_path):
                             intermediate_size=64, max_position_embeddings=64, relative_attention=True,
                             position_buckets=16, pos_att_type="p2c|c2p", position_biased_input=False,
                             pad_token_id=tokenizer.pad_token_id)
-  config = d2e2s.D2E2SConfig(hidden_size=32, hidden_dim=16, attention_heads=2, size_embedding=8, max_span_size=4,
+  config = d2e2s.D2E2SConfig(hidden_size=32, hidden_dim=16, attention_heads=2, size_embedding=8,
                              drop_out_rate=0.0, prop_drop=0.0, gcn_dropout=0.0, max_decoded_spans=16,
                              sen_filter_threshold=0.5, encoder=encoder)
   model = d2e2s.D2E2S(config)
@@ -66,8 +66,8 @@ def test_tiny_model_overfits_eight_sentences(shared_data_dir, tmp_path):
 
   decoded = jax.device_get(jax.jit(lambda p, b: model.apply({"params": p}, b, method=d2e2s.D2E2S.predict))(
       params, eval_batch))
-  predicted = decoding.decoded_triplets(decoded, eval_batch["span_word_bounds"])
+  predicted = decoding.host_predictions(decoded, eval_batch["span_mask"], eval_batch["span_word_bounds"])
   for row in np.nonzero(eval_batch["example_mask"])[0]:
     gold = set(examples[eval_batch["example_index"][row]].triplets)
-    assert predicted[row] == gold, (row, predicted[row], gold)
+    assert predicted[row].triplets() == gold, (row, predicted[row].triplets(), gold)
   print(f"overfit: loss {first:.3f} -> {final:.4f} in {STEPS} steps, {time.perf_counter() - started:.1f}s")

@@ -9,7 +9,7 @@ import pytest
 import transformers
 
 from d2e2s_jax.data import batching, encoding, graphs, readers
-from d2e2s_jax.data.examples import Example, Triplet
+from d2e2s_jax.data.examples import SENTIMENT_OUTPUTS, Example, Triplet
 from tests.test_data_sampling import examples as random_examples
 from tests.test_data_support import WORDPIECE_IDS, staff_example, wordpiece_tokenizer
 
@@ -167,7 +167,7 @@ def test_every_batch_with_the_same_length_bucket_has_the_same_shape():
   assert all(len(per_length) == 1 for per_length in shapes.values())
 
 
-def test_merged_plans_share_shapes_and_prepared_batches_are_identical():
+def test_merged_plans_share_shapes_and_planned_batches_are_identical():
   first = batching.ShapePlan.measure([10, 40, 23], [(30, 2, 50), (200, 9, 100), (90, 30, 60)])
   second = batching.ShapePlan.measure([12, 30], [(100, 5, 40), (20, 1, 10)])
   merged = first.merge(second)
@@ -176,10 +176,10 @@ def test_merged_plans_share_shapes_and_prepared_batches_are_identical():
                                   np.maximum(first.bounds(seq_len), second.bounds(seq_len)))
   encoded = _encoded(_dataset(20))
   config = batching.BatchConfig(batch_size=3, max_span_size=4, neg_entity_count=5, pad_token_id=PAD_ID)
-  for make, train in ((lambda p: batching.train_batches(encoded, config, 1, 0, prepared=p), True),
-                      (lambda p: batching.eval_batches(encoded, config, prepared=p), False)):
-    prepared = batching.plan_dataset(encoded, config, train=train)
-    for plain, reused in zip(make(None), make(prepared), strict=True):
+  for make, train in ((lambda p: batching.train_batches(encoded, config, 1, 0, planned=p), True),
+                      (lambda p: batching.eval_batches(encoded, config, planned=p), False)):
+    planned = batching.plan_dataset(encoded, config, train=train)
+    for plain, reused in zip(make(None), make(planned), strict=True):
       assert plain.keys() == reused.keys()
       for key in plain:
         np.testing.assert_array_equal(plain[key], reused[key])
@@ -188,7 +188,12 @@ def test_merged_plans_share_shapes_and_prepared_batches_are_identical():
 def _gold_round_trip(encoded, config):
   recovered = {}
   for batch in batching.train_batches(encoded, config, epoch=0, seed=0):
-    recovered.update(batching.batch_triplets(batch))
+    for row in np.nonzero(batch["example_mask"])[0]:  # read the triplets back from the pair labels
+      bounds, pairs = batch["span_word_bounds"][row], batch["pair_indices"][row]
+      found = {Triplet(tuple(map(int, bounds[pairs[pair, 0]])), tuple(map(int, bounds[pairs[pair, 1]])),
+                       SENTIMENT_OUTPUTS[output])
+               for pair, output in zip(*np.nonzero(batch["pair_labels"][row] > 0.5)) if batch["pair_mask"][row, pair]}
+      recovered[int(batch["example_index"][row])] = sorted(found, key=lambda t: (t.aspect, t.opinion, t.sentiment))
   for item in encoded:
     assert recovered[item.index] == sorted(set(item.triplets), key=lambda t: (t.aspect, t.opinion, t.sentiment))
   return recovered

@@ -10,11 +10,12 @@ Public API:
   order, sees the same samples. The last partial batch is dropped by default
   (`drop_remainder`): steps per epoch = floor(sentences / batch size), as on the
   reference page.
+* `plan_dataset(encoded, config, train)`: a `PlannedSplit` (each sentence's graph edges
+  and the split's `ShapePlan`), computed once per run and passed to `train_batches` /
+  `eval_batches`.
 * `eval_batches(encoded, config)`: every sentence once (by default in length order,
   `example_index` says which), every candidate span with its gold label; no pair keys.
   The last batch is padded with empty rows.
-* `batch_triplets(batch, pair_scores, threshold)`: word-level triplets per real row
-  (with the gold `pair_labels` as scores it recovers the gold triplets).
 * `shape_report(encoded, config)`: distinct batch shapes in an epoch and padding
   efficiency.
 
@@ -29,10 +30,11 @@ compile about once per T bucket.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from d2e2s_jax import settings
 from d2e2s_jax.data import graphs, sampling
 from d2e2s_jax.data.encoding import EncodedExample
 
@@ -43,9 +45,26 @@ TRAIN_KEYS = ("input_ids", "attention_mask", "span_token_bounds", "span_word_bou
 EVAL_KEYS = tuple(key for key in TRAIN_KEYS if not key.startswith("pair_"))
 
 
+# BatchConfig field -> the setting it takes its value (and default, and rule) from. The
+# batch size is `batch_size` for training and `eval_batch_size` for evaluation
+# (`TrainConfig.batch_config`).
+SETTING_NAMES = {
+    "batch_size": "batch_size",
+    "max_span_size": "max_span_size",
+    "neg_entity_count": "neg_entity_count",
+    "neg_triple_count": "neg_triple_count",
+    "released_graph": "released_graph",
+    "length_grouping_batches": "length_grouping_batches",
+}
+_DEFAULT = settings.component_defaults(SETTING_NAMES)
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchConfig:
   """How sentences become batches.
+
+  The fields named in `SETTING_NAMES` take their defaults and rules from
+  `d2e2s_jax.settings`.
 
   Attributes:
     batch_size: rows per batch (static; missing rows are padding).
@@ -68,28 +87,23 @@ class BatchConfig:
       keyed by `example_index`, so order does not matter).
   """
 
-  batch_size: int = 16
-  max_span_size: int = 6
-  neg_entity_count: int = -1
-  neg_triple_count: int = -1
+  batch_size: int = _DEFAULT["batch_size"]
+  max_span_size: int = _DEFAULT["max_span_size"]
+  neg_entity_count: int = _DEFAULT["neg_entity_count"]
+  neg_triple_count: int = _DEFAULT["neg_triple_count"]
   pad_token_id: int = 0
   token_buckets: Optional[Tuple[int, ...]] = None
   span_buckets: Optional[Tuple[int, ...]] = None
   pair_buckets: Optional[Tuple[int, ...]] = None
   edge_buckets: Optional[Tuple[int, ...]] = None
-  released_graph: bool = False
+  released_graph: bool = _DEFAULT["released_graph"]
   drop_remainder: bool = True
   shuffle: bool = True
-  length_grouping_batches: int = 0
+  length_grouping_batches: int = _DEFAULT["length_grouping_batches"]
   eval_sort_by_length: bool = True
 
   def __post_init__(self):
-    if self.batch_size < 1 or self.max_span_size < 1:
-      raise ValueError(f"batch_size and max_span_size must be positive, got {self.batch_size}, {self.max_span_size}")
-    if self.length_grouping_batches < 0:
-      raise ValueError(f"length_grouping_batches must be >= 0, got {self.length_grouping_batches}")
-    if self.neg_entity_count < -1 or self.neg_triple_count < -1:
-      raise ValueError("neg_entity_count and neg_triple_count must be >= 0 or -1 (all)")
+    settings.check_fields(self, SETTING_NAMES)
     for name in ("token_buckets", "span_buckets", "pair_buckets", "edge_buckets"):
       buckets = getattr(self, name)
       if buckets is not None and (not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1):
@@ -145,12 +159,30 @@ class ShapePlan:
     # max with the need guards against a batch the plan was not measured on.
     return _round_up(max(int(self.bounds(seq_len)[axis]), need, 1), _AXIS_QUANTUM)
 
+  @classmethod
+  def worst_case(cls, max_span_size: int, max_length: int) -> "ShapePlan":
+    """The plan of every sentence that fits `max_length` pieces, whatever its words.
+
+    For sentences not known in advance (a `Predictor`'s): a batch of T pieces gets the
+    spans of T - 2 one-piece words and T * T edges, so the jitted step compiles once per
+    T bucket, whichever sentences later calls bring.
+    """
+    lengths = np.arange(1, bucket_size(max_length, None, _TOKEN_FLOOR) + 1)
+    words = np.maximum(lengths - 2, 0)
+    spans = [num_candidate_spans(int(n), max_span_size) for n in words]
+    return cls(lengths=lengths, running_max=np.stack([spans, np.zeros_like(lengths), lengths * lengths], axis=1))
+
   def merge(self, other: "ShapePlan") -> "ShapePlan":
     """The plan of two datasets together (e.g. dev and test, so they share compiled shapes)."""
     lengths = np.union1d(self.lengths, other.lengths)
     running_max = np.asarray([np.maximum(self.bounds(length), other.bounds(length)) for length in lengths],
                              dtype=np.int64).reshape(-1, 3)
     return ShapePlan(lengths=lengths, running_max=running_max)
+
+
+def num_candidate_spans(num_words: int, max_span_size: int) -> int:
+  """Candidate spans of up to `max_span_size` words in a sentence of `num_words` words."""
+  return sum(num_words - size + 1 for size in range(1, min(max_span_size, num_words) + 1))
 
 
 def _round_up(value: int, quantum: int) -> int:
@@ -202,8 +234,23 @@ def _sentence_edges(encoded: EncodedExample, released: bool) -> graphs.Edges:
   return graphs.sentence_edges(encoded.word_piece_bounds, example.heads, encoded.num_pieces)
 
 
-def plan_dataset(encoded: Sequence[EncodedExample], config: BatchConfig,
-                 train: bool) -> Tuple[List[graphs.Edges], ShapePlan]:
+class PlannedSplit(NamedTuple):
+  """What batching a split needs beyond its sentences, computed once per run.
+
+  Attributes:
+    edges: each sentence's syntactic graph edges, by example index.
+    shapes: the padded sizes of its batches (possibly merged with another split's,
+      `ShapePlan.merge`, so that both share compiled shapes).
+  """
+
+  edges: List[graphs.Edges]
+  shapes: ShapePlan
+
+  def with_shapes(self, shapes: ShapePlan) -> "PlannedSplit":
+    return self._replace(shapes=shapes)
+
+
+def plan_dataset(encoded: Sequence[EncodedExample], config: BatchConfig, train: bool) -> PlannedSplit:
   """Each sentence's graph edges and the dataset's ShapePlan (computed once per pass)."""
   edges = [_sentence_edges(item, config.released_graph) for item in encoded]
   needs = []
@@ -212,7 +259,7 @@ def plan_dataset(encoded: Sequence[EncodedExample], config: BatchConfig,
                                          neg_entity_count=config.neg_entity_count,
                                          neg_triple_count=config.neg_triple_count, train=train)
     needs.append((spans, pairs, len(senders)))
-  return edges, ShapePlan.measure([item.num_pieces for item in encoded], needs)
+  return PlannedSplit(edges, ShapePlan.measure([item.num_pieces for item in encoded], needs))
 
 
 def _assemble(rows: List[Tuple[EncodedExample, sampling.SentenceSample, graphs.Edges]], config: BatchConfig,
@@ -296,18 +343,15 @@ def train_order(lengths: Sequence[int], config: BatchConfig, epoch: int, seed: i
   return batches
 
 
-Prepared = Tuple[List[graphs.Edges], ShapePlan]
-
-
 def train_batches(encoded: Sequence[EncodedExample], config: BatchConfig, epoch: int, seed: int,
-                  prepared: Optional[Prepared] = None) -> Iterator[Batch]:
+                  planned: Optional[PlannedSplit] = None) -> Iterator[Batch]:
   """Yields one epoch of training batches (see the module docstring).
 
-  `prepared` is `plan_dataset(encoded, config, train=True)`, computed once by a caller
+  `planned` is `plan_dataset(encoded, config, train=True)`, computed once by a caller
   that runs many epochs; by default it is computed here.
   """
   _check_indices(encoded)
-  edges, plan = prepared or plan_dataset(encoded, config, train=True)
+  edges, plan = planned or plan_dataset(encoded, config, train=True)
   for indices in train_order([item.num_pieces for item in encoded], config, epoch, seed):
     rows = []
     for index in indices:
@@ -321,14 +365,14 @@ def train_batches(encoded: Sequence[EncodedExample], config: BatchConfig, epoch:
 
 
 def eval_batches(encoded: Sequence[EncodedExample], config: BatchConfig,
-                 prepared: Optional[Prepared] = None) -> Iterator[Batch]:
+                 planned: Optional[PlannedSplit] = None) -> Iterator[Batch]:
   """Yields every sentence once, in order, with all candidate spans (see module docstring).
 
-  `prepared` is `plan_dataset(encoded, config, train=False)`, possibly with its plan
-  merged with another split's (`ShapePlan.merge`) so both splits share compiled shapes.
+  `planned` is `plan_dataset(encoded, config, train=False)`, possibly with shapes merged
+  with another split's (`ShapePlan.merge`) so both splits share compiled shapes.
   """
   _check_indices(encoded)
-  edges, plan = prepared or plan_dataset(encoded, config, train=False)
+  edges, plan = planned or plan_dataset(encoded, config, train=False)
   order = list(encoded)
   if config.eval_sort_by_length:
     order.sort(key=lambda item: item.num_pieces)
@@ -336,24 +380,6 @@ def eval_batches(encoded: Sequence[EncodedExample], config: BatchConfig,
     rows = [(item, sampling.eval_sample(item, max_span_size=config.max_span_size), edges[item.index])
             for item in order[start:start + config.batch_size]]
     yield _assemble(rows, config, plan, with_pairs=False)
-
-
-def batch_triplets(batch: Batch, pair_scores: Optional[np.ndarray] = None, pair_indices: Optional[np.ndarray] = None,
-                   pair_mask: Optional[np.ndarray] = None, threshold: float = 0.5) -> Dict[int, list]:
-  """Word-level triplets of each real row, keyed by example index.
-
-  Args:
-    batch: a batch dict.
-    pair_scores: float [B, P, 4] sentiment scores; default the batch's `pair_labels`.
-    pair_indices, pair_mask: the scored pairs; default the batch's.
-    threshold: the sentiment threshold (`sen_filter_threshold`).
-  """
-  pair_scores = batch["pair_labels"] if pair_scores is None else pair_scores
-  pair_indices = batch["pair_indices"] if pair_indices is None else pair_indices
-  pair_mask = batch["pair_mask"] if pair_mask is None else pair_mask
-  return {int(batch["example_index"][row]): sampling.triplets_from_pairs(
-      batch["span_word_bounds"][row], pair_indices[row], pair_scores[row], pair_mask[row], threshold)
-          for row in range(batch["example_index"].shape[0]) if batch["example_mask"][row]}
 
 
 def shape_report(encoded: Sequence[EncodedExample], config: BatchConfig, *, epoch: int = 0, seed: int = 0,

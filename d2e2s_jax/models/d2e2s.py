@@ -40,30 +40,54 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from d2e2s_jax import settings
+from d2e2s_jax.data.examples import ENTITY_OUTPUTS, SENTIMENT_OUTPUTS
 from d2e2s_jax.models import decoding
-from d2e2s_jax.models.gcn import SemGCN, SynGCN, SyntacticEdges, IMPLEMENTATIONS, torch_like_dense
+from d2e2s_jax.models.gcn import SemGCN, SynGCN, SyntacticEdges, torch_like_dense
 from d2e2s_jax.models.lstm import BiLSTM
 
 Array = jax.Array
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, used by the released TIN
+
+
+# D2E2SConfig field -> the setting it takes its value (and default, and rule) from.
+SETTING_NAMES = {
+    "hidden_dim": "hidden_dim",
+    "lstm_layers": "lstm_layers",
+    "drop_out_rate": "drop_out_rate",
+    "gcn_layers": "gcn_layers",
+    "gcn_dropout": "gcn_dropout",
+    "attention_heads": "attention_heads",
+    "prop_drop": "prop_drop",
+    "size_embedding": "size_embedding",
+    "sen_filter_threshold": "sen_filter_threshold",
+    "max_decoded_spans": "max_decoded_spans",
+    "kl_weight": "kl_weight",
+    "kl_differentiable": "kl_differentiable",
+    "graph_implementation": "graph_implementation",
+    "dtype": "compute_dtype",
+    "remat_policy": "remat_policy",
+}
+_DEFAULT = settings.component_defaults(SETTING_NAMES)
 
 
 @dataclasses.dataclass(frozen=True)
 class D2E2SConfig:
   """What the D2E2S head computes (and, with `encoder`, the full model).
 
-  Defaults are the released `Parameter.py` defaults where it has one (and its effective
-  values where it ignores its own flags: 2 GCN layers, GCN dropout 0.1).
+  The fields named in `SETTING_NAMES` take their defaults and valid ranges from
+  `d2e2s_jax.settings` (the guide's settings, as on the command line); see the settings'
+  help texts for their meaning. The released code ignores its own GCN flags (2 layers,
+  dropout 0.1 always); those are our defaults too.
 
   Attributes:
     hidden_size: d, the encoder width. Must equal `encoder.hidden_size` when both are set.
-    hidden_dim: units per direction of the BiLSTM channel; 2 * hidden_dim must equal d.
-    lstm_layers: layers of the BiLSTM channel.
-    drop_out_rate: dropout between the channel's layers and on its output.
-    gcn_layers: layers of SynGCN and SemGCN.
-    gcn_dropout: dropout between GCN layers.
+    hidden_dim: units per direction of the BiLSTM channel; 0 means d / 2, the only width
+      the model accepts (2 * hidden_dim must equal d).
+    lstm_layers, drop_out_rate: the BiLSTM channel's layers and dropout (between its
+      layers and on its output).
+    gcn_layers, gcn_dropout: layers of SynGCN and SemGCN, dropout between them.
     attention_heads: heads of SemGCN's attention graph.
     prop_drop: dropout on the span and pair classifier inputs.
     size_embedding: width of the span size embedding.
@@ -71,7 +95,6 @@ class D2E2SConfig:
     num_entity_types: span classes (None, target, opinion).
     num_sentiment_types: pair outputs (NEUTRAL, POSITIVE, NEGATIVE, INVALID).
     sen_filter_threshold: sigmoid threshold of a sentiment at decoding.
-    max_span_size: longest candidate span in words (used by the data pipeline).
     max_decoded_spans: k, spans kept per sentence at decoding (see decoding.py).
     kl_weight: weight of the KL term in the total loss.
     kl_differentiable: let gradients flow through the KL term (released: no).
@@ -83,44 +106,42 @@ class D2E2SConfig:
   """
 
   hidden_size: int = 768
-  hidden_dim: int = 384
-  lstm_layers: int = 2
-  drop_out_rate: float = 0.5
-  gcn_layers: int = 2
-  gcn_dropout: float = 0.1
-  attention_heads: int = 1
-  prop_drop: float = 0.1
-  size_embedding: int = 25
-  num_size_embeddings: int = 100
-  num_entity_types: int = 3
-  num_sentiment_types: int = 4
-  sen_filter_threshold: float = 0.4
-  max_span_size: int = 8
-  max_decoded_spans: int = 24
-  kl_weight: float = 10.0
-  kl_differentiable: bool = False
-  graph_implementation: str = "dense"
-  dtype: str = "float32"
+  hidden_dim: int = _DEFAULT["hidden_dim"]
+  lstm_layers: int = _DEFAULT["lstm_layers"]
+  drop_out_rate: float = _DEFAULT["drop_out_rate"]
+  gcn_layers: int = _DEFAULT["gcn_layers"]
+  gcn_dropout: float = _DEFAULT["gcn_dropout"]
+  attention_heads: int = _DEFAULT["attention_heads"]
+  prop_drop: float = _DEFAULT["prop_drop"]
+  size_embedding: int = _DEFAULT["size_embedding"]
+  num_size_embeddings: int = settings.NUM_SIZE_EMBEDDINGS
+  num_entity_types: int = len(ENTITY_OUTPUTS)
+  num_sentiment_types: int = len(SENTIMENT_OUTPUTS)
+  sen_filter_threshold: float = _DEFAULT["sen_filter_threshold"]
+  max_decoded_spans: int = _DEFAULT["max_decoded_spans"]
+  kl_weight: float = _DEFAULT["kl_weight"]
+  kl_differentiable: bool = _DEFAULT["kl_differentiable"]
+  graph_implementation: str = _DEFAULT["graph_implementation"]
+  dtype: str = _DEFAULT["dtype"]
   encoder: Optional[Any] = None  # DebertaV2Config; Any keeps this module free of the encoder
-  remat_policy: str = "none"  # the encoder layers' rematerialisation (see deberta_v2.py)
+  remat_policy: str = _DEFAULT["remat_policy"]  # the encoder layers' rematerialisation (see deberta_v2.py)
 
   def __post_init__(self):
+    settings.check_fields(self, SETTING_NAMES)
+    if self.hidden_dim == 0:
+      object.__setattr__(self, "hidden_dim", self.hidden_size // 2)
     if 2 * self.hidden_dim != self.hidden_size:
       raise ValueError(f"2 * hidden_dim ({2 * self.hidden_dim}) must equal hidden_size ({self.hidden_size}): "
                        "the GCNs share one width for the encoder and BiLSTM features")
     if self.encoder is not None and self.encoder.hidden_size != self.hidden_size:
       raise ValueError(f"hidden_size {self.hidden_size} != encoder width {self.encoder.hidden_size}")
-    if self.graph_implementation not in IMPLEMENTATIONS:
-      raise ValueError(f"graph_implementation must be one of {IMPLEMENTATIONS}, got {self.graph_implementation!r}")
-    if self.dtype not in _DTYPES:
-      raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {self.dtype!r}")
     if self.hidden_size % self.attention_heads:
       raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.attention_heads} heads")
 
   @property
   def compute_dtype(self):
     """The jnp dtype named by `dtype`."""
-    return _DTYPES[self.dtype]
+    return jnp.dtype(self.dtype)
 
 
 def range_max_table(x: Array) -> Array:
@@ -377,3 +398,16 @@ class D2E2S(nn.Module):
   def predict(self, batch: Mapping[str, Array]) -> Dict[str, Array]:
     """Decoded outputs, as `D2E2SHead.predict`."""
     return self.head.predict(self.encode(batch, True), batch)
+
+
+def init_params(model: nn.Module, batch: Mapping[str, Any], rng: Array) -> Any:
+  """A model's initial parameters (logically boxed) for a batch of the contract's keys.
+
+  The one initialisation of the trainer (`create_train_state`) and the `Predictor`
+  (abstractly, for the shapes and shardings to restore into): params and dropout keys
+  split from `rng`, deterministic forward.
+  """
+  params_rng, dropout_rng = jax.random.split(rng)
+  variables = model.init({"params": params_rng, "dropout": dropout_rng}, _as_arrays(batch), deterministic=True)
+  return variables["params"]
+

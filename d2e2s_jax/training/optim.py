@@ -39,18 +39,43 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from d2e2s_jax import settings
+
+
+# OptimizerConfig field -> the setting it takes its value (and default, and rule) from.
+SETTING_NAMES = {
+    "learning_rate": "lr",
+    "warmup_fraction": "lr_warmup",
+    "weight_decay": "weight_decay",
+    "max_grad_norm": "max_grad_norm",
+    "bias_correction": "bias_correction",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "moment_dtype": "moment_dtype",
+    "second_moment": "second_moment",
+    "first_moment": "first_moment",
+    "update": "optimizer_update",
+}
+_DEFAULT = settings.component_defaults(SETTING_NAMES)
+# Adam's first-moment decay when the first moment is kept (transformers' AdamW default).
+ADAM_B1 = 0.9
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """Hyper-parameters of the optimizer.
+
+  The fields named in `SETTING_NAMES` take their defaults and rules from
+  `d2e2s_jax.settings`.
 
   Attributes:
     learning_rate: peak learning rate.
     warmup_fraction: fraction of the total steps spent in linear warmup (`lr_warmup`).
     weight_decay: AdamW decoupled weight decay, not applied to biases and norms.
     max_grad_norm: global-norm clipping threshold; <= 0 disables clipping.
-    b1, b2, eps: Adam's decay rates and epsilon (transformers' AdamW defaults, used by
-      the released code).
+    first_moment: keep Adam's first moment (decay `b1` = `ADAM_B1`); False drops it
+      (`b1` = 0, Adafactor-style), saving one parameter-sized state.
+    b2, eps: Adam's second-moment decay and epsilon (transformers' AdamW defaults, used
+      by the released code).
     bias_correction: divide the moments by (1 - b^t) as in Adam; False as released.
     gradient_accumulation_steps: >1 accumulates gradients over that many micro-steps.
     moment_dtype: storage dtype of Adam's moments (None keeps float32). bfloat16 halves
@@ -61,28 +86,28 @@ class OptimizerConfig:
     update: "whole" or "sliced" (see the module docstring).
   """
 
-  learning_rate: float = 5e-6
-  warmup_fraction: float = 0.1
-  weight_decay: float = 0.01
-  max_grad_norm: float = 1.0
-  b1: float = 0.9
+  learning_rate: float = _DEFAULT["learning_rate"]
+  warmup_fraction: float = _DEFAULT["warmup_fraction"]
+  weight_decay: float = _DEFAULT["weight_decay"]
+  max_grad_norm: float = _DEFAULT["max_grad_norm"]
+  first_moment: bool = _DEFAULT["first_moment"]
   b2: float = 0.999
   eps: float = 1e-8
-  bias_correction: bool = False
-  gradient_accumulation_steps: int = 1
-  moment_dtype: Optional[str] = None
-  second_moment: str = "full"
-  update: str = "whole"
+  bias_correction: bool = _DEFAULT["bias_correction"]
+  gradient_accumulation_steps: int = _DEFAULT["gradient_accumulation_steps"]
+  moment_dtype: Optional[str] = _DEFAULT["moment_dtype"]
+  second_moment: str = _DEFAULT["second_moment"]
+  update: str = _DEFAULT["update"]
 
   def __post_init__(self):
-    if self.second_moment not in ("full", "factored"):
-      raise ValueError(f"second_moment must be 'full' or 'factored', got {self.second_moment!r}")
-    if self.update not in ("whole", "sliced"):
-      raise ValueError(f"update must be 'whole' or 'sliced', got {self.update!r}")
-    if self.update == "sliced" and self.gradient_accumulation_steps > 1:
-      raise ValueError("the sliced optimizer update does not support gradient accumulation "
-                       f"(gradient_accumulation_steps={self.gradient_accumulation_steps}); use the whole update "
-                       "(--optimizer_update=whole)")
+    settings.check_fields(self, SETTING_NAMES)
+    settings.check_combinations({"optimizer_update": self.update,
+                                 "gradient_accumulation_steps": self.gradient_accumulation_steps})
+
+  @property
+  def b1(self) -> float:
+    """Adam's first-moment decay: `ADAM_B1`, or 0 (no first moment) without `first_moment`."""
+    return ADAM_B1 if self.first_moment else 0.0
 
 
 def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
