@@ -38,9 +38,9 @@ sentence (empty, more sub-tokens than the run's `max_length`) give a record
 
 Batches have the run's evaluation batch size and static shapes: the sequence axis T is
 padded to training's bucket series, and the span and edge axes to their largest possible
-size for T (every span of up to `max_span_size` words over T - 2 words; T * T edges),
-not to sizes measured on the inputs as training's `ShapePlan` does. So the jitted step
-compiles once per T bucket, whatever sentences later calls bring.
+size for T (every span of up to `max_span_size` words over T - 2 words; T * T edges:
+`batching.ShapePlan.worst_case`), not to sizes measured on the inputs as training's plan
+is. So the jitted step compiles once per T bucket, whatever sentences later calls bring.
 
 Deliberate differences from the training evaluation: triplets of the INVALID output are
 dropped (evaluation keeps them, as the released code does: they can only be false
@@ -59,19 +59,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from d2e2s_jax import fileio
+from d2e2s_jax import prediction
 from d2e2s_jax import tokenization
 from d2e2s_jax.data import batching, encoding
-from d2e2s_jax.data.examples import DataError, Example
-from d2e2s_jax.models import d2e2s, decoding
-from d2e2s_jax.models import deberta_v2_hub
+from d2e2s_jax.data.examples import SENTIMENT_OUTPUTS, DataError, Example
+from d2e2s_jax.models import d2e2s
 from d2e2s_jax.models.deberta_v2_config import DebertaV2Config
-from d2e2s_jax.training import sharding, trainer
-from d2e2s_jax.training.config import SCRATCH, TrainConfig
+from d2e2s_jax.training import sharding
+from d2e2s_jax.training.config import TrainConfig
 
 PathLike = Union[str, os.PathLike]
 Sentence = Union[str, Sequence[str], Example]
@@ -86,13 +85,6 @@ TOKENIZER_DIR = "tokenizer"
 PARAMS_DIR = "params"
 PARSER_DIR = "parser"
 CHECKPOINT_CHOICES = ("best", "latest")
-
-# Keys of an eval batch along the span (S) and edge (E) axes, with their padding values
-# (the batch contract's: padded spans are [0, 1) of size 0, masked).
-_SPAN_PADDING = {"span_token_bounds": (0, 1), "span_word_bounds": 0, "span_sizes": 0, "span_mask": False,
-                 "span_labels": 0}
-_EDGE_PADDING = {"graph_senders": 0, "graph_receivers": 0, "graph_edge_mask": False}
-
 
 class InferenceError(ValueError):
   """A predictor cannot be built or used as asked. The message is one line."""
@@ -201,28 +193,6 @@ def _restore_params(state_dir: pathlib.Path, abstract_params: Any) -> Any:
 # ---------------------------------------------------------------------- predictor
 
 
-def max_spans(num_words: int, max_span_size: int) -> int:
-  """Candidate spans of up to `max_span_size` words in a sentence of `num_words` words."""
-  return sum(num_words - size + 1 for size in range(1, min(max_span_size, num_words) + 1))
-
-
-def pad_to_static(batch: Dict[str, np.ndarray], max_span_size: int) -> Dict[str, np.ndarray]:
-  """Pads an eval batch's S and E axes to the largest sizes its T allows (see module docstring)."""
-  seq_len = batch["input_ids"].shape[1]
-  targets = ((_SPAN_PADDING, -(-max(max_spans(seq_len - 2, max_span_size), 1) // 8) * 8),
-             (_EDGE_PADDING, seq_len * seq_len))
-  padded = dict(batch)
-  for keys, size in targets:
-    for key, fill in keys.items():
-      value = batch[key]
-      if value.shape[1] > size:  # cannot happen for batches of eval_batches; guards a changed contract
-        raise InferenceError(f"{key}: {value.shape[1]} entries for sequence length {seq_len}, more than {size}")
-      extra = np.empty((value.shape[0], size - value.shape[1]) + value.shape[2:], value.dtype)
-      extra[...] = fill
-      padded[key] = np.concatenate([value, extra], axis=1)
-  return padded
-
-
 def _init_batch(tokenizer: Any, config: TrainConfig) -> Dict[str, np.ndarray]:
   """A one-sentence batch with the training keys, for the trainer's initialisation."""
   example = Example(id="init", tokens=("init", "batch"), heads=(0, 1), relations=("ROOT", "dep"))
@@ -231,7 +201,7 @@ def _init_batch(tokenizer: Any, config: TrainConfig) -> Dict[str, np.ndarray]:
   rows = batch["input_ids"].shape[0]
   batch["pair_indices"] = np.zeros((rows, 1, 2), np.int32)
   batch["pair_mask"] = np.zeros((rows, 1), bool)
-  batch["pair_labels"] = np.zeros((rows, 1, 4), np.float32)
+  batch["pair_labels"] = np.zeros((rows, 1, len(SENTIMENT_OUTPUTS)), np.float32)
   return batch
 
 
@@ -270,14 +240,8 @@ class Predictor:
     self._word_encoder = encoding.WordEncoder(tokenizer)
     self.batch_config = config.batch_config(tokenizer, training=False)
 
-    init_batch = {key: jnp.asarray(value) for key, value in _init_batch(tokenizer, config).items()}
-
-    def init(rng):  # the trainer's initialisation (create_train_state), parameters only
-      params_rng, dropout_rng = jax.random.split(rng)
-      return self.model.init({"params": params_rng, "dropout": dropout_rng}, init_batch,
-                             deterministic=True)["params"]
-
-    boxed = jax.eval_shape(init, jax.random.key(config.seed))
+    init_batch = _init_batch(tokenizer, config)
+    boxed = jax.eval_shape(lambda rng: d2e2s.init_params(self.model, init_batch, rng), jax.random.key(config.seed))
     self.param_shardings = sharding.logical_shardings(boxed, self.mesh)
     abstract = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
                             nn.meta.unbox(boxed), self.param_shardings)
@@ -292,7 +256,10 @@ class Predictor:
         self.params = checkpointer.restore(checkpoint_dir, abstract)
     else:
       raise InferenceError("Predictor needs params or checkpoint_dir")
-    self.predict_step = trainer.make_predict_step(self.model, self.mesh, self.param_shardings)
+    self.predict_step = prediction.make_predict_step(self.model, self.mesh, self.param_shardings)
+    # Sentences are not known in advance: every batch of T pieces gets the largest S and E
+    # that T allows, so the step compiles once per T bucket (see the module docstring).
+    self._shapes = batching.ShapePlan.worst_case(config.max_span_size, config.max_length)
 
   # ----------------------------------------------------------------- constructors
 
@@ -424,21 +391,12 @@ class Predictor:
     return records  # type: ignore[return-value]
 
   def _predict_encoded(self, encoded: Sequence[encoding.EncodedExample]) -> List[List[Dict[str, Any]]]:
-    """Runs the jitted step over eval batches; per sentence, its triplet dicts.
-
-    `trainer.predict_examples` returns triplet sets without scores, so this reads the
-    decoded arrays itself.
-    """
-    results: List[List[Dict[str, Any]]] = [[] for _ in encoded]
+    """Per sentence, its triplet dicts (the one prediction path, `prediction.predict`)."""
     if not encoded:
-      return results
-    for batch in batching.eval_batches(encoded, self.batch_config):
-      batch = pad_to_static(batch, self.config.max_span_size)
-      decoded = jax.device_get(self.predict_step(self.params, sharding.shard_batch(batch, self.mesh)))
-      for row in np.nonzero(batch["example_mask"])[0]:
-        item = encoded[int(batch["example_index"][row])]
-        results[item.index] = _row_triplets(decoded, batch["span_word_bounds"][row], row, item.example.tokens)
-    return results
+      return []
+    planned = batching.plan_dataset(encoded, self.batch_config, train=False).with_shapes(self._shapes)
+    predicted = prediction.predict(self.predict_step, self.params, encoded, self.batch_config, self.mesh, planned)
+    return [_triplet_records(sentence, item.example.tokens) for sentence, item in zip(predicted, encoded)]
 
   def save_bundle(self, output_dir: PathLike, *, parser: Any = None, overwrite: bool = False,
                   provenance: Optional[Dict[str, Any]] = None) -> pathlib.Path:
@@ -487,24 +445,16 @@ def _text_of(sentence: Sentence) -> str:
   return " ".join(str(word) for word in sentence)
 
 
-def _row_triplets(decoded: Dict[str, np.ndarray], span_word_bounds: np.ndarray, row: int,
-                  tokens: Sequence[str]) -> List[Dict[str, Any]]:
-  """The triplet dicts of one batch row, ordered by aspect, opinion, sentiment."""
-  triplets = []
-  pair_indices = decoded["pair_indices"][row]
-  probs = decoded["sentiment_probs"][row]
-  for pair, output in zip(*np.nonzero(decoded["sentiment_on"][row])):
-    sentiment = decoding.SENTIMENT_OUTPUTS[output]
-    if sentiment == "INVALID":
-      continue
-    head, tail = pair_indices[pair]
-    aspect = [int(x) for x in span_word_bounds[head]]
-    opinion = [int(x) for x in span_word_bounds[tail]]
-    triplets.append({"aspect": aspect, "aspect_text": " ".join(tokens[aspect[0]:aspect[1]]),
-                     "opinion": opinion, "opinion_text": " ".join(tokens[opinion[0]:opinion[1]]),
-                     "sentiment": sentiment, "score": float(probs[pair, output])})
-  triplets.sort(key=lambda t: (t["aspect"], t["opinion"], t["sentiment"]))
-  return triplets
+def _triplet_records(predicted: prediction.SentencePrediction, tokens: Sequence[str]) -> List[Dict[str, Any]]:
+  """The triplet dicts of one sentence (INVALID dropped), ordered by aspect, opinion, sentiment."""
+  records = []
+  for triplet, score in predicted.scored_triplets(keep_invalid=False):
+    aspect, opinion = list(triplet.aspect), list(triplet.opinion)
+    records.append({"aspect": aspect, "aspect_text": " ".join(tokens[aspect[0]:aspect[1]]),
+                    "opinion": opinion, "opinion_text": " ".join(tokens[opinion[0]:opinion[1]]),
+                    "sentiment": triplet.sentiment, "score": score})
+  records.sort(key=lambda t: (t["aspect"], t["opinion"], t["sentiment"]))
+  return records
 
 
 # -------------------------------------------------------------- config loading
@@ -531,14 +481,13 @@ def _load_encoder_config(path: pathlib.Path) -> DebertaV2Config:
 
 
 def _encoder_config(config: TrainConfig, tokenizer: Any, checkpoints_dir: pathlib.Path) -> DebertaV2Config:
-  """The encoder config of a run: derived (scratch), saved beside the checkpoints, or the hub's."""
-  if config.encoder == SCRATCH:  # as trainer.build_model derives it
-    return config.scratch_encoder_config(len(tokenizer), int(tokenizer.pad_token_id))
-  if (checkpoints_dir / ENCODER_CONFIG_FILE).is_file():
-    return _load_encoder_config(checkpoints_dir / ENCODER_CONFIG_FILE)
-  # Only config.json is fetched from the hub (or its cache), never the weights.
-  directory = deberta_v2_hub.resolve_pretrained_directory(config.encoder, ("config.json",))
-  return _load_encoder_config(directory / "config.json")
+  """The encoder config of a run, as the trainer builds it (`TrainConfig.encoder_config`):
+  derived (scratch), saved beside the checkpoints, or (older runs) the hub's config.json."""
+  saved = checkpoints_dir / ENCODER_CONFIG_FILE
+  try:
+    return config.encoder_config(tokenizer, saved if saved.is_file() else None)
+  except (OSError, TypeError, ValueError) as error:
+    raise InferenceError(f"{saved if saved.is_file() else config.encoder}: not an encoder config ({error})") from None
 
 
 def export_bundle(workdir: PathLike, output_dir: PathLike, which: str = "best", parser: Any = None,

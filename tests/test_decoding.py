@@ -42,6 +42,21 @@ def _released_decoding(span_logits, span_mask, pair_table, bounds, allowed=None)
   return results
 
 
+def _predicted(decoded, bounds, span_mask=None):
+  """`decoding.host_predictions` of a batch (all candidates real unless `span_mask`)."""
+  if span_mask is None:
+    span_mask = np.ones(np.asarray(bounds).shape[:2], bool)
+  return decoding.host_predictions(decoded, span_mask, bounds)
+
+
+def _triplet_sets(decoded, bounds, keep_invalid=True):
+  return [row.triplets(keep_invalid) for row in _predicted(decoded, bounds)]
+
+
+def _term_sets(decoded, span_mask, bounds):
+  return [row.terms() for row in _predicted(decoded, bounds, span_mask)]
+
+
 def _jitted_decode(span_logits, span_mask, pair_table, max_spans):
   rows = jnp.arange(span_logits.shape[0])[:, None]
 
@@ -59,7 +74,7 @@ def test_equals_released_decoding_when_at_most_k_spans_pass(seed, max_spans):
   span_logits, span_mask, pair_table, bounds = _random_case(seed)
   decoded = _jitted_decode(span_logits, span_mask, pair_table, max_spans)
   assert decoded["pair_indices"].shape == (4, max_spans * (max_spans - 1), 2)
-  got = decoding.decoded_triplets(decoded, bounds)
+  got = _triplet_sets(decoded, bounds)
   expected = _released_decoding(span_logits, span_mask, pair_table, bounds)
   assert got == expected
   assert got[3] == set() and any(got)
@@ -77,7 +92,7 @@ def test_keeps_the_k_best_spans_when_more_pass(seed):
              for row in range(len(ranking))]
 
   decoded = _jitted_decode(span_logits, span_mask, pair_table, max_spans)
-  got = decoding.decoded_triplets(decoded, bounds)
+  got = _triplet_sets(decoded, bounds)
   assert got == _released_decoding(span_logits, span_mask, pair_table, bounds, allowed)
   full = _released_decoding(span_logits, span_mask, pair_table, bounds)
   assert all(g <= f for g, f in zip(got, full))
@@ -88,10 +103,10 @@ def test_keeps_the_k_best_spans_when_more_pass(seed):
 def test_drop_invalid_and_terms():
   span_logits, span_mask, pair_table, bounds = _random_case(5)
   decoded = _jitted_decode(span_logits, span_mask, pair_table, 12)
-  with_invalid = decoding.decoded_triplets(decoded, bounds)
-  without = decoding.decoded_triplets(decoded, bounds, keep_invalid=False)
+  with_invalid = _triplet_sets(decoded, bounds)
+  without = _triplet_sets(decoded, bounds, keep_invalid=False)
   assert all(w == {t for t in f if t.sentiment != "INVALID"} for w, f in zip(without, with_invalid))
-  terms = decoding.decoded_terms(decoded, span_mask, bounds)
+  terms = _term_sets(decoded, span_mask, bounds)
   types = span_logits.argmax(-1) * span_mask
   for row, (aspects, opinions) in enumerate(terms):
     assert aspects == {tuple(map(int, bounds[row, i])) for i in np.nonzero(types[row] == 1)[0]}
@@ -103,7 +118,7 @@ def test_more_slots_than_candidates_pads():
   decoded = _jitted_decode(span_logits, span_mask, pair_table, 5)
   assert decoded["span_index"].shape == (4, 5)
   assert not decoded["span_valid"][:, 3:].any()
-  assert decoding.decoded_triplets(decoded, bounds) == _released_decoding(span_logits, span_mask, pair_table, bounds)
+  assert _triplet_sets(decoded, bounds) == _released_decoding(span_logits, span_mask, pair_table, bounds)
 
 
 # ------------------------------------------------------------------- host side
@@ -160,8 +175,10 @@ def _host_case(seed, density, batch=6, candidates=40, k=8, word_range=(0, 30), d
   bounds = np.stack([starts, starts + rng.integers(1, 4, (batch, candidates))], -1).astype(dtype)
   span_mask = rng.random((batch, candidates)) < 0.8
   span_mask[[1, 4]] = False
+  sentiment_probs = np.where(sentiment_on, 0.5 + 0.5 * rng.random(sentiment_on.shape), 0.0).astype(np.float32)
   decoded = {"pair_indices": span_index[:, grid].astype(np.int32), "sentiment_on": sentiment_on,
-             "span_probs": span_probs, "span_type_all": span_probs.argmax(-1).astype(np.int32)}
+             "sentiment_probs": sentiment_probs, "span_probs": span_probs,
+             "span_type_all": span_probs.argmax(-1).astype(np.int32)}
   return decoded, span_mask, bounds
 
 
@@ -184,7 +201,7 @@ def test_host_conversion_equals_the_reference_loop(seed, density, word_range, dt
   decoded, span_mask, bounds = _host_case(seed, density, word_range=word_range, dtype=dtype)
   for keep_invalid in (True, False):
     expected = _reference_decoded_triplets(decoded, bounds, keep_invalid)
-    got = decoding.decoded_triplets(decoded, bounds, keep_invalid=keep_invalid)
+    got = _triplet_sets(decoded, bounds, keep_invalid=keep_invalid)
     assert got == expected
     assert got[1] == got[4] == set()
     for row in got:
@@ -193,31 +210,40 @@ def test_host_conversion_equals_the_reference_loop(seed, density, word_range, dt
     if density > 0.1:
       assert any(t.sentiment == "INVALID" for row in expected for t in row) == keep_invalid
   expected_terms = _reference_decoded_terms(decoded, span_mask, bounds)
-  assert decoding.decoded_terms(decoded, span_mask, bounds) == expected_terms
+  assert _term_sets(decoded, span_mask, bounds) == expected_terms
   without_types = {key: value for key, value in decoded.items() if key != "span_type_all"}
-  assert decoding.decoded_terms(without_types, span_mask, bounds) == expected_terms
+  assert _term_sets(without_types, span_mask, bounds) == expected_terms
   assert not expected_terms[1][0] and not expected_terms[4][1]
 
 
 @pytest.mark.parametrize("density, word_range, dtype", HOST_CASES)
-def test_codes_decode_to_the_reference_sets(density, word_range, dtype):
+def test_codes_and_scores_decode_to_the_reference(density, word_range, dtype):
   decoded, span_mask, bounds = _host_case(7, density, word_range=word_range, dtype=dtype)
-  codec = decoding.batch_codec(bounds)
-  codes = decoding.triplet_codes(decoded, bounds, codec)
-  assert [codec.triplets(row) for row in codes] == _reference_decoded_triplets(decoded, bounds)
-  for row in codes:
-    assert row.ndim == 1 and np.all(row[1:] > row[:-1])  # distinct, ascending
-    assert row.dtype == (np.int64 if word_range[1] - word_range[0] < 2**12 else object)
-  terms = decoding.term_codes(decoded, span_mask, bounds, codec)
-  assert [(codec.spans(a), codec.spans(o)) for a, o in terms] == _reference_decoded_terms(decoded, span_mask, bounds)
+  predictions = _predicted(decoded, bounds, span_mask)
+  assert [row.codec.triplets(row.triplet_codes) for row in predictions] == _reference_decoded_triplets(decoded, bounds)
+  for row, prediction in enumerate(predictions):
+    codes = prediction.triplet_codes
+    assert codes.ndim == 1 and np.all(codes[1:] > codes[:-1])  # distinct, ascending
+    assert codes.dtype == (np.int64 if word_range[1] - word_range[0] < 2**12 else object)
+    # Each triplet's score is the best probability among the pairs that give it.
+    best = {}
+    for pair, output in zip(*np.nonzero(decoded["sentiment_on"][row])):
+      head, tail = decoded["pair_indices"][row, pair]
+      triplet = Triplet(tuple(int(x) for x in bounds[row, head]), tuple(int(x) for x in bounds[row, tail]),
+                        decoding.SENTIMENT_OUTPUTS[output])
+      best[triplet] = max(best.get(triplet, 0.0), float(decoded["sentiment_probs"][row, pair, output]))
+    assert dict(prediction.scored_triplets()) == best
+    assert [t for t, _ in prediction.scored_triplets()] == sorted(best, key=lambda t: (t.aspect, t.opinion,
+                                                                                       decoding.SENTIMENT_OUTPUTS.index(t.sentiment)))
+  assert [p.terms() for p in predictions] == _reference_decoded_terms(decoded, span_mask, bounds)
 
 
 def test_host_conversion_of_an_empty_batch():
   decoded = {"pair_indices": np.zeros((0, 6, 2), np.int32), "sentiment_on": np.zeros((0, 6, 4), bool),
-             "span_type_all": np.zeros((0, 5), np.int32)}
+             "sentiment_probs": np.zeros((0, 6, 4), np.float32), "span_type_all": np.zeros((0, 5), np.int32)}
   bounds = np.zeros((0, 5, 2), np.int32)
-  assert decoding.decoded_triplets(decoded, bounds) == []
-  assert decoding.decoded_terms(decoded, np.zeros((0, 5), bool), bounds) == []
+  assert _triplet_sets(decoded, bounds) == []
+  assert _term_sets(decoded, np.zeros((0, 5), bool), bounds) == []
 
 
 def test_jitted_decode_reports_candidate_types_and_the_host_fetch_suffices():
@@ -236,21 +262,21 @@ def test_jitted_decode_reports_candidate_types_and_the_host_fetch_suffices():
   fetched = decoding.fetch_host_outputs(on_device)
   assert sorted(fetched) == sorted(decoding.HOST_KEYS)
   assert all(isinstance(value, np.ndarray) for value in fetched.values())
-  assert decoding.decoded_triplets(fetched, bounds) == _reference_decoded_triplets(full, bounds)
-  assert decoding.decoded_terms(fetched, span_mask, bounds) == _reference_decoded_terms(full, span_mask, bounds)
-  assert any(decoding.decoded_triplets(fetched, bounds))
+  assert _triplet_sets(fetched, bounds) == _reference_decoded_triplets(full, bounds)
+  assert _term_sets(fetched, span_mask, bounds) == _reference_decoded_terms(full, span_mask, bounds)
+  assert any(_triplet_sets(fetched, bounds))
   # An output without `span_type_all` (e.g. from an older predict function) fetches span_probs.
   older = {key: value for key, value in on_device.items() if key != "span_type_all"}
-  assert sorted(decoding.fetch_host_outputs(older)) == ["pair_indices", "sentiment_on", "span_probs"]
+  assert sorted(decoding.fetch_host_outputs(older)) == ["pair_indices", "sentiment_on", "sentiment_probs", "span_probs"]
 
 
-def _reference_evaluate(predict_step, examples, encoded, batch_config, mesh, prepared):
-  """`trainer.evaluate` as it was: full fetch, the reference loops, `TripletScorer.add`."""
+def _reference_evaluate(predict_step, examples, encoded, batch_config, mesh, planned):
+  """The evaluation written plainly: full fetch, the reference loops, `TripletScorer.add`."""
   from d2e2s_jax import evaluation  # pylint: disable=import-outside-toplevel
   from d2e2s_jax.data import batching  # pylint: disable=import-outside-toplevel
   from d2e2s_jax.training import sharding  # pylint: disable=import-outside-toplevel
   results = [None] * len(encoded)
-  for batch in batching.eval_batches(encoded, batch_config, prepared):
+  for batch in batching.eval_batches(encoded, batch_config, planned):
     decoded = jax.device_get(predict_step(None, sharding.shard_batch(batch, mesh)))
     triplet_sets = _reference_decoded_triplets(decoded, batch["span_word_bounds"])
     terms = _reference_decoded_terms(decoded, batch["span_mask"], batch["span_word_bounds"])
@@ -263,13 +289,14 @@ def _reference_evaluate(predict_step, examples, encoded, batch_config, mesh, pre
 
 
 @pytest.mark.parametrize("density", [1.0, 0.05])
-def test_trainer_evaluate_equals_the_reference_evaluation(tmp_path, density):
-  """`trainer.evaluate` and `predict_examples` on a synthetic split with a fake predict step.
+def test_prediction_path_equals_the_reference_evaluation(tmp_path, density):
+  """`prediction.predict` and `score` on a synthetic split with a fake predict step.
 
   The fake step pairs the candidates of the gold spans first and turns sentiments on at
   random, so that some predicted triplets and terms are correct.
   """
   from d2e2s_jax.training import config as config_lib  # pylint: disable=import-outside-toplevel
+  from d2e2s_jax import prediction  # pylint: disable=import-outside-toplevel
   from d2e2s_jax.training import sharding, trainer  # pylint: disable=import-outside-toplevel
   config = config_lib.TrainConfig(synthetic=True, synthetic_sizes=(8, 24, 4), dataset="synthetic",
                                   encoder="scratch", scratch_vocab_size=200, max_length=128, eval_batch_size=8)
@@ -303,9 +330,9 @@ def test_trainer_evaluate_equals_the_reference_evaluation(tmp_path, density):
             "sentiment_probs": jnp.asarray(sentiment_on.astype(np.float32))}
 
   expected, expected_sets = _reference_evaluate(fake_predict_step, examples, encoded, batch_config, mesh, None)
-  got = trainer.evaluate(fake_predict_step, None, examples, encoded, batch_config, mesh)
-  assert got == expected
-  assert trainer.predict_examples(fake_predict_step, None, encoded, batch_config, mesh) == expected_sets
+  predicted = prediction.predict(fake_predict_step, None, encoded, batch_config, mesh)
+  assert prediction.score(examples, predicted) == expected
+  assert [(p.triplets(), *p.terms()) for p in predicted] == expected_sets
   assert expected["triplet"]["correct"] > 0 and expected["aspect"]["correct"] > 0
   assert expected["triplet"]["predicted"] > expected["triplet"]["correct"]
 

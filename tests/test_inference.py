@@ -236,13 +236,14 @@ def test_bad_sources_give_one_line_errors(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("num_words,max_span_size", [(1, 6), (5, 6), (6, 6), (40, 6), (3, 1)])
-def test_max_spans_counts_the_candidates(num_words, max_span_size):
-  from d2e2s_jax.data import sampling  # pylint: disable=import-outside-toplevel
+def test_num_candidate_spans_counts_the_candidates(num_words, max_span_size):
+  from d2e2s_jax.data import batching, sampling  # pylint: disable=import-outside-toplevel
 
-  assert inference.max_spans(num_words, max_span_size) == len(sampling.candidate_spans(num_words, max_span_size))
+  assert batching.num_candidate_spans(num_words, max_span_size) == len(sampling.candidate_spans(num_words,
+                                                                                              max_span_size))
 
 
-def test_pad_to_static_keeps_the_batch_contract(tiny_run):
+def test_worst_case_shapes_keep_the_batch_contract(tiny_run):
   from d2e2s_jax import tokenization  # pylint: disable=import-outside-toplevel
   from d2e2s_jax.data import batching, encoding  # pylint: disable=import-outside-toplevel
 
@@ -251,10 +252,13 @@ def test_pad_to_static_keeps_the_batch_contract(tiny_run):
   encoded = encoding.encode_examples(examples, tokenizer, max_length=128)
   config = TrainConfig(**TINY).batch_config(tokenizer, training=False)
   batch = next(batching.eval_batches(encoded, config))
-  padded = inference.pad_to_static(batch, max_span_size=6)
+  planned = batching.plan_dataset(encoded, config, train=False)
+  static = planned.with_shapes(batching.ShapePlan.worst_case(max_span_size=6, max_length=128))
+  padded = next(batching.eval_batches(encoded, config, static))
   seq_len = batch["input_ids"].shape[1]
+  assert padded["input_ids"].shape == batch["input_ids"].shape
   assert padded["span_mask"].shape[1] % 8 == 0
-  assert padded["span_mask"].shape[1] >= inference.max_spans(seq_len - 2, 6)
+  assert padded["span_mask"].shape[1] >= batching.num_candidate_spans(seq_len - 2, 6)
   assert padded["graph_senders"].shape[1] == seq_len * seq_len
   spans = batch["span_mask"].shape[1]
   for key in batch:

@@ -11,7 +11,7 @@ import pytest
 
 from d2e2s_jax.data import synthetic
 from d2e2s_jax.data.examples import SENTIMENTS
-from d2e2s_jax.data.parses import validate_heads
+from tests.test_data_support import validate_heads
 from d2e2s_jax.data.readers import read_examples
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

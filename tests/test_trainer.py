@@ -240,7 +240,7 @@ def test_pretrained_encoder_directory_is_loaded_into_the_model(tmp_path):
   import transformers
   from d2e2s_jax import tokenization
   from d2e2s_jax.data import synthetic
-  from d2e2s_jax.models import deberta_v2
+  from d2e2s_jax.models import deberta_v2_convert
 
   encoder_dir = tmp_path / "encoder"
   sentences = [" ".join(e.tokens) for e in synthetic.generate_synthetic_splits(0, {"train": 64})["train"]]
@@ -264,6 +264,6 @@ def test_pretrained_encoder_directory_is_loaded_into_the_model(tmp_path):
   optimizer = optim.make_optimizer(config.optimizer_config(), 10)
   state, shardings = trainer.create_train_state(model, optimizer, batch, 0, mesh)
   state = trainer.with_pretrained_encoder(state, pretrained, shardings)
-  _, expected = deberta_v2.load_pretrained(str(encoder_dir))
+  _, expected = deberta_v2_convert.load_pretrained(str(encoder_dir))
   for got, want in zip(jax.tree.leaves(state.params["encoder"]), jax.tree.leaves(expected)):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

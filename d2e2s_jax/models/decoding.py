@@ -13,20 +13,21 @@ kept and the triplets are those of the released decoding restricted to them (a s
 the released triplets). Ties in the ranking go to the lower candidate index
 (`jax.lax.top_k`).
 
-The host side turns the padded arrays into what `d2e2s_jax.evaluation.TripletScorer`
-scores. It is vectorised: the "on" (row, pair, sentiment) entries are gathered with
-numpy, each triplet is packed into one integer (`evaluation.TripletCodec`) and repeats are
-dropped per row by sorting, so its cost does not grow with a Python loop over the pairs
-(an unselective model early in training turns on nearly all k * (k - 1) * 4 outputs).
-`triplet_codes` / `term_codes` give the codes (for `TripletScorer.add_codes`, no Python
-object per prediction); `decoded_triplets` / `decoded_terms` build `Triplet` sets and span
-sets from the distinct codes only. `fetch_host_outputs` copies only the arrays they read
-(`HOST_KEYS`) from the device.
+The host side (`host_predictions`) turns the padded arrays into one `SentencePrediction`
+per row: the distinct triplets packed into integers (`evaluation.TripletCodec`) with
+their scores, and the aspect and opinion terms. It is vectorised: the "on" (row, pair,
+sentiment) entries are gathered with numpy and repeats are dropped per row by sorting, so
+its cost does not grow with a Python loop over the pairs (an unselective model early in
+training turns on nearly all k * (k - 1) * 4 outputs). `TripletScorer.add_codes` scores
+the codes without a Python object per prediction; `SentencePrediction.triplets` builds
+`Triplet`s from the distinct codes only. `fetch_host_outputs` copies only the arrays the
+host reads (`HOST_KEYS`) from the device.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
+import dataclasses
+from typing import Callable, Dict, List, Mapping, Set, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,7 @@ Array = jax.Array
 _INVALID = SENTIMENT_OUTPUTS.index(INVALID)
 
 # The arrays of `decode`'s output that the host conversion reads.
-HOST_KEYS = ("pair_indices", "sentiment_on", "span_type_all")
+HOST_KEYS = ("pair_indices", "sentiment_on", "sentiment_probs", "span_type_all")
 
 
 def select_spans(span_logits: Array, span_mask: Array, max_spans: int) -> Dict[str, Array]:
@@ -141,36 +142,70 @@ def fetch_host_outputs(decoded: Mapping[str, Array]) -> Dict[str, np.ndarray]:
   return jax.device_get({key: decoded[key] for key in keys})
 
 
+@dataclasses.dataclass(frozen=True)
+class SentencePrediction:
+  """What the model predicts for one sentence, as `evaluation.TripletCodec` codes.
+
+  Attributes:
+    codec: the packing of the codes (covers the sentence's batch).
+    triplet_codes: the distinct predicted triplets, ascending; those of the INVALID
+      output included (the released evaluation keeps them: they can only be false
+      positives).
+    triplet_scores: float32, per code the sigmoid probability of its sentiment (the
+      highest, should two pairs give the same triplet).
+    aspect_codes, opinion_codes: the distinct span codes of every real candidate whose
+      argmax is target / opinion, whether or not it was among the k kept for pairing
+      (released term scoring).
+  """
+
+  codec: evaluation.TripletCodec
+  triplet_codes: np.ndarray
+  triplet_scores: np.ndarray
+  aspect_codes: np.ndarray
+  opinion_codes: np.ndarray
+
+  def _valid(self, keep_invalid: bool) -> np.ndarray:
+    if keep_invalid:
+      return np.ones(self.triplet_codes.shape, bool)
+    return self.codec.split_triplets(self.triplet_codes)[2] != _INVALID
+
+  def scored_triplets(self, keep_invalid: bool = True) -> List[Tuple[Triplet, float]]:
+    """(triplet, score) in code order (by aspect, opinion, sentiment)."""
+    keep = self._valid(keep_invalid)
+    return list(zip(self.codec.triplet_list(self.triplet_codes[keep]), self.triplet_scores[keep].tolist()))
+
+  def triplets(self, keep_invalid: bool = True) -> Set[Triplet]:
+    """The predicted `Triplet`s (spans of Python ints)."""
+    return set(self.codec.triplet_list(self.triplet_codes[self._valid(keep_invalid)]))
+
+  def terms(self) -> Tuple[Set[Span], Set[Span]]:
+    """(aspect spans, opinion spans)."""
+    return self.codec.spans(self.aspect_codes), self.codec.spans(self.opinion_codes)
+
+
 def batch_codec(span_word_bounds: np.ndarray) -> evaluation.TripletCodec:
   """The codec (sentiments in `SENTIMENT_OUTPUTS` order) covering a batch's word bounds."""
   return evaluation.TripletCodec.covering(span_word_bounds, SENTIMENT_OUTPUTS)
 
 
-def _unique_per_group(groups: np.ndarray, codes: np.ndarray, limit: int,
-                      num_groups: int) -> Tuple[np.ndarray, List[int]]:
-  """Distinct `codes` (each below `limit`) of each group 0..num_groups-1, ascending.
-
-  One sort of `group * limit + code` for all groups together.
-
-  Returns:
-    (the codes, group after group; the num_groups + 1 group edges into them).
-  """
-  key_dtype = evaluation.TripletCodec.dtype_for(num_groups * limit)
-  keys = evaluation.unique_codes(groups.astype(key_dtype) * limit + codes.astype(key_dtype))
-  edges = np.searchsorted(keys, np.arange(num_groups + 1).astype(key_dtype) * limit).tolist()
-  return (keys % limit).astype(codes.dtype), edges
+def _group_edges(keys: np.ndarray, limit: int, num_groups: int) -> List[int]:
+  """The num_groups + 1 edges of groups 0..num_groups-1 in ascending `group * limit + code` keys."""
+  key_dtype = keys.dtype if keys.size else evaluation.TripletCodec.dtype_for(num_groups * limit)
+  return np.searchsorted(keys, np.arange(num_groups + 1).astype(key_dtype) * limit).tolist()
 
 
 def _split(items, edges: List[int]) -> list:
   return [items[start:end] for start, end in zip(edges[:-1], edges[1:])]
 
 
-def _grouped_triplet_codes(decoded: Mapping[str, np.ndarray], span_word_bounds: np.ndarray,
-                           codec: evaluation.TripletCodec, keep_invalid: bool) -> Tuple[np.ndarray, List[int]]:
-  """`triplet_codes` of all rows together: (codes, row edges)."""
+def _row_triplet_codes(decoded: Mapping[str, np.ndarray], span_word_bounds: np.ndarray,
+                       codec: evaluation.TripletCodec) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+  """Per row, the distinct triplet codes (ascending) and the best score of each.
+
+  Vectorised over the batch: the on (row, pair, sentiment) entries are gathered with
+  numpy, packed, and sorted once by (row, code, -score).
+  """
   on = np.asarray(decoded["sentiment_on"], bool)
-  if not keep_invalid:
-    on = on & (np.arange(on.shape[-1]) != _INVALID)
   rows, pairs, outputs = np.nonzero(on)
   pair_indices = np.asarray(decoded["pair_indices"])
   bounds = np.asarray(span_word_bounds)
@@ -178,90 +213,55 @@ def _grouped_triplet_codes(decoded: Mapping[str, np.ndarray], span_word_bounds: 
   opinions = bounds[rows, pair_indices[rows, pairs, 1]]
   codes = codec.triplet_codes(codec.span_codes(aspects[:, 0], aspects[:, 1]),
                               codec.span_codes(opinions[:, 0], opinions[:, 1]), outputs)
-  return _unique_per_group(rows, codes, codec.triplet_limit, on.shape[0])
+  scores = np.asarray(decoded["sentiment_probs"], np.float32)[rows, pairs, outputs]
+  limit = codec.triplet_limit
+  keys = rows.astype(evaluation.TripletCodec.dtype_for(on.shape[0] * limit)) * limit + codes
+  order = np.argsort(-scores, kind="stable")  # then by key, stably: the best score first per key
+  order = order[np.argsort(keys[order], kind="stable")]  # (argsort also sorts object-dtype codes)
+  keys, scores = keys[order], scores[order]
+  first = np.ones(keys.shape, bool)
+  if keys.size:
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+  keys, scores = keys[first], scores[first]
+  edges = _group_edges(keys, limit, on.shape[0])
+  return _split((keys % limit).astype(codes.dtype), edges), _split(scores, edges)
 
 
-def triplet_codes(decoded: Mapping[str, np.ndarray], span_word_bounds: np.ndarray,
-                  codec: Optional[evaluation.TripletCodec] = None,
-                  keep_invalid: bool = True) -> List[np.ndarray]:
-  """`decoded_triplets` as codes: one ascending array of distinct triplet codes per row.
-
-  Args:
-    decoded: `decode`'s output on the host (at least `pair_indices`, `sentiment_on`).
-    span_word_bounds: int [B, S, 2] word bounds [start, end) of the candidates.
-    codec: the packing; by default `batch_codec(span_word_bounds)` (it must cover them).
-    keep_invalid: keep triplets of the INVALID output (see `decoded_triplets`).
-
-  Returns:
-    B arrays; `codec.triplets(codes)` of row b is `decoded_triplets(...)[b]`.
-  """
-  if codec is None:
-    codec = batch_codec(span_word_bounds)
-  return _split(*_grouped_triplet_codes(decoded, span_word_bounds, codec, keep_invalid))
-
-
-def _candidate_types(decoded: Mapping[str, np.ndarray]) -> np.ndarray:
+def _row_term_codes(decoded: Mapping[str, np.ndarray], span_mask: np.ndarray, span_word_bounds: np.ndarray,
+                    codec: evaluation.TripletCodec) -> List[np.ndarray]:
+  """The distinct span codes of row 0's aspects, row 0's opinions, row 1's aspects, ..."""
   if "span_type_all" in decoded:
-    return np.asarray(decoded["span_type_all"])
-  return np.argmax(np.asarray(decoded["span_probs"]), axis=-1)
-
-
-def _grouped_term_codes(decoded: Mapping[str, np.ndarray], span_mask: np.ndarray, span_word_bounds: np.ndarray,
-                        codec: evaluation.TripletCodec) -> Tuple[np.ndarray, List[int]]:
-  """`term_codes` of all rows together: (codes, edges of the groups row 0 aspects, row 0
-  opinions, row 1 aspects, ...)."""
-  span_type = _candidate_types(decoded)
+    span_type = np.asarray(decoded["span_type_all"])
+  else:
+    span_type = np.argmax(np.asarray(decoded["span_probs"]), axis=-1)
   rows, candidates = np.nonzero(np.asarray(span_mask, bool) & (span_type != 0))
   bounds = np.asarray(span_word_bounds)[rows, candidates]
   groups = 2 * rows + span_type[rows, candidates] - 1
-  return _unique_per_group(groups, codec.span_codes(bounds[:, 0], bounds[:, 1]), codec.span_limit,
-                           2 * span_type.shape[0])
+  limit, num_groups = codec.span_limit, 2 * span_type.shape[0]
+  codes = codec.span_codes(bounds[:, 0], bounds[:, 1])
+  keys = evaluation.unique_codes(groups.astype(evaluation.TripletCodec.dtype_for(num_groups * limit)) * limit + codes)
+  return _split((keys % limit).astype(codes.dtype), _group_edges(keys, limit, num_groups))
 
 
-def term_codes(decoded: Mapping[str, np.ndarray], span_mask: np.ndarray, span_word_bounds: np.ndarray,
-               codec: Optional[evaluation.TripletCodec] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
-  """`decoded_terms` as codes: (aspect span codes, opinion span codes) per row.
-
-  Args:
-    decoded: `decode`'s output on the host (`span_type_all`, or `span_probs`).
-    span_mask: bool [B, S] real candidates.
-    span_word_bounds: int [B, S, 2] word bounds [start, end) of the candidates.
-    codec: the packing; by default `batch_codec(span_word_bounds)` (it must cover them).
-
-  Returns:
-    B pairs of ascending arrays of distinct span codes.
-  """
-  if codec is None:
-    codec = batch_codec(span_word_bounds)
-  groups = _split(*_grouped_term_codes(decoded, span_mask, span_word_bounds, codec))
-  return list(zip(groups[0::2], groups[1::2]))
-
-
-def decoded_triplets(decoded: Mapping[str, np.ndarray], span_word_bounds: np.ndarray,
-                     keep_invalid: bool = True) -> List[Set[Triplet]]:
-  """Turns `decode`'s arrays (fetched to the host) into one `Triplet` set per batch row.
+def host_predictions(decoded: Mapping[str, np.ndarray], span_mask: np.ndarray,
+                     span_word_bounds: np.ndarray) -> List[SentencePrediction]:
+  """Turns `decode`'s arrays (fetched to the host) into one `SentencePrediction` per row.
 
   One triplet (span a, span b, sentiment) per on entry of `sentiment_on`, repeats once.
+  The cost does not grow with a Python loop over pairs (an unselective model early in
+  training turns on nearly all k * (k - 1) * 4 outputs): everything is numpy until a
+  caller asks for `Triplet` objects.
 
   Args:
-    decoded: the output of `decode`, as numpy arrays (at least `HOST_KEYS`).
+    decoded: `decode`'s output as numpy arrays (at least `HOST_KEYS`).
+    span_mask: bool [B, S] real candidates.
     span_word_bounds: int [B, S, 2] word bounds [start, end) of the candidates.
-    keep_invalid: keep triplets of the INVALID output, as the released code does (they
-      can only be false positives: the data has no INVALID triplet).
 
   Returns:
-    B sets of `Triplet(aspect=span a, opinion=span b, sentiment)`, spans of Python ints.
+    B predictions (padding rows included: they predict nothing).
   """
   codec = batch_codec(span_word_bounds)
-  codes, edges = _grouped_triplet_codes(decoded, span_word_bounds, codec, keep_invalid)
-  return [set(row) for row in _split(codec.triplet_list(codes), edges)]
-
-
-def decoded_terms(decoded: Mapping[str, np.ndarray], span_mask: np.ndarray,
-                  span_word_bounds: np.ndarray) -> List[Tuple[Set[Span], Set[Span]]]:
-  """(aspect spans, opinion spans) per row: every real candidate whose argmax is target /
-  opinion, whether or not it was among the k kept for pairing (released term scoring)."""
-  codec = batch_codec(span_word_bounds)
-  codes, edges = _grouped_term_codes(decoded, span_mask, span_word_bounds, codec)
-  groups = [set(group) for group in _split(codec.span_list(codes), edges)]
-  return list(zip(groups[0::2], groups[1::2]))
+  triplets, scores = _row_triplet_codes(decoded, span_word_bounds, codec)
+  terms = _row_term_codes(decoded, span_mask, span_word_bounds, codec)
+  return [SentencePrediction(codec, codes, row_scores, aspects, opinions)
+          for codes, row_scores, aspects, opinions in zip(triplets, scores, terms[0::2], terms[1::2])]

@@ -10,8 +10,8 @@ Data flow of a run:
    the shardings that the logical-axis rules give on the mesh (built abstractly first,
    so nothing is materialised on one device).
 4. The loop: one jitted `train_step` (donated state, explicit shardings, dropout RNG
-   folded with the step), a jitted `predict_step` for evaluation on dev (and test) every
-   `eval_every` steps, Orbax checkpoints every `checkpoint_every` steps plus the best
+   folded with the step), evaluation on dev (and test) every `eval_every` steps through
+   the one prediction path (`d2e2s_jax.prediction`), Orbax checkpoints every `checkpoint_every` steps plus the best
    by dev triplet F1, `metrics.jsonl`/TensorBoard logs, and `results.json` at the end.
 
 Resume is exact: batches are a pure function of (seed, epoch, position), the dropout RNG
@@ -37,14 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from d2e2s_jax import evaluation
 from d2e2s_jax import fileio
+from d2e2s_jax import prediction
 from d2e2s_jax import tokenization
 from d2e2s_jax.data import batching, download, encoding, readers, synthetic
 from d2e2s_jax.data.examples import DataError, Example
-from d2e2s_jax.models import d2e2s, decoding, losses
-from d2e2s_jax.models import deberta_v2, deberta_v2_convert, deberta_v2_hub
-from d2e2s_jax.models.deberta_v2_config import DebertaV2Config
+from d2e2s_jax.models import d2e2s, losses
+from d2e2s_jax.models import deberta_v2_convert
 from d2e2s_jax.training import checkpoints, metrics_log, optim, sharding
 from d2e2s_jax.training.config import SCRATCH, TrainConfig
 
@@ -130,14 +129,11 @@ def load_or_train_tokenizer(config: TrainConfig, train_examples: Sequence[Exampl
 def build_model(config: TrainConfig, tokenizer: Any) -> Tuple[d2e2s.D2E2S, d2e2s.D2E2SConfig, Optional[Any]]:
   """The model, its config and (for a pretrained encoder) the encoder's parameters."""
   if config.encoder == SCRATCH:
-    encoder_config = config.scratch_encoder_config(len(tokenizer), int(tokenizer.pad_token_id))
-    pretrained = None
+    encoder_config, pretrained = config.encoder_config(tokenizer), None
   else:
     # Read as numpy and placed shard by shard later: a 1.5B-parameter encoder never has to
-    # fit on one device (what `deberta_v2.load_pretrained` would do).
-    directory = deberta_v2_hub.resolve_pretrained_directory(config.encoder, deberta_v2.HUB_WEIGHT_FILES)
-    encoder_config = DebertaV2Config.from_hf(directory)
-    pretrained = deberta_v2_convert.hf_to_flax(deberta_v2_convert.read_state_dict(directory), encoder_config)
+    # fit on one device.
+    encoder_config, pretrained = deberta_v2_convert.read_pretrained(config.encoder)
   model_config = config.model_config(encoder_config)
   return d2e2s.D2E2S(model_config), model_config, pretrained
 
@@ -149,9 +145,7 @@ def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation
   init_batch = {key: jnp.asarray(value) for key, value in example_batch.items()}
 
   def init(rng):
-    params_rng, dropout_rng = jax.random.split(rng)
-    variables = model.init({"params": params_rng, "dropout": dropout_rng}, init_batch, deterministic=True)
-    params = variables["params"]
+    params = d2e2s.init_params(model, init_batch, rng)
     return TrainState(
         step=jnp.zeros([], jnp.int32),
         params=params,
@@ -240,58 +234,6 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
   return jitted
 
 
-def make_predict_step(model: nn.Module, mesh: jax.sharding.Mesh, param_shardings: Any):
-  """The jitted evaluation step: forward pass and static-shape decoding."""
-  traces = [0]
-
-  def predict_step(params, batch):
-    traces[0] += 1
-    return model.apply({"params": params}, batch, method=type(model).predict)
-
-  jitted = jax.jit(predict_step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=sharding.replicated(mesh))
-  jitted.trace_count = lambda: traces[0]
-  return jitted
-
-
-def predict_examples(predict_step, params: Any, encoded: Sequence[encoding.EncodedExample],
-                     batch_config: batching.BatchConfig, mesh: jax.sharding.Mesh,
-                     prepared: Optional[batching.Prepared] = None):
-  """Decoded (triplets, aspect spans, opinion spans) for every encoded sentence, in order."""
-  results: List[Optional[Tuple[set, set, set]]] = [None] * len(encoded)
-  for batch in batching.eval_batches(encoded, batch_config, prepared):
-    device_batch = sharding.shard_batch(batch, mesh)
-    decoded = decoding.fetch_host_outputs(predict_step(params, device_batch))
-    triplet_sets = decoding.decoded_triplets(decoded, batch["span_word_bounds"])
-    terms = decoding.decoded_terms(decoded, batch["span_mask"], batch["span_word_bounds"])
-    for row in np.nonzero(batch["example_mask"])[0]:
-      results[int(batch["example_index"][row])] = (triplet_sets[row], *terms[row])
-  return results
-
-
-def evaluate(predict_step, params: Any, examples: Sequence[Example],
-             encoded: Sequence[encoding.EncodedExample], batch_config: batching.BatchConfig,
-             mesh: jax.sharding.Mesh, prepared: Optional[batching.Prepared] = None) -> Dict[str, Dict[str, float]]:
-  """Triplet, aspect and opinion scores on a full split (gold: the untruncated examples).
-
-  The predictions of `predict_examples`, scored as integer codes (`TripletScorer.add_codes`:
-  the same counts without one Python object per predicted triplet).
-  """
-  predictions: List[Optional[tuple]] = [None] * len(encoded)
-  for batch in batching.eval_batches(encoded, batch_config, prepared):
-    device_batch = sharding.shard_batch(batch, mesh)
-    decoded = decoding.fetch_host_outputs(predict_step(params, device_batch))
-    codec = decoding.batch_codec(batch["span_word_bounds"])
-    triplets = decoding.triplet_codes(decoded, batch["span_word_bounds"], codec)
-    terms = decoding.term_codes(decoded, batch["span_mask"], batch["span_word_bounds"], codec)
-    for row in np.nonzero(batch["example_mask"])[0]:
-      predictions[int(batch["example_index"][row])] = (codec, triplets[row], *terms[row])
-  scorer = evaluation.TripletScorer()
-  for example, (codec, triplets, aspects, opinions) in zip(examples, predictions):
-    scorer.add_codes(example.triplets, triplets, codec, predicted_aspects=aspects, predicted_opinions=opinions)
-  return evaluation.scores_as_dict(scorer.result())
-
-
 # -------------------------------------------------------------------------- loop
 
 
@@ -325,13 +267,13 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
 
   # Graphs and shape plans once per run, not per epoch; dev and test share one plan so
   # the predict step compiles once per length bucket for both.
-  train_prepared = batching.plan_dataset(data.encoded["train"], train_batch_config, train=True)
-  eval_prepared = {split: batching.plan_dataset(data.encoded[split], eval_batch_config, train=False)
-                   for split in ("dev", "test")}
-  eval_plan = eval_prepared["dev"][1].merge(eval_prepared["test"][1])
-  eval_prepared = {split: (edges, eval_plan) for split, (edges, _) in eval_prepared.items()}
+  train_planned = batching.plan_dataset(data.encoded["train"], train_batch_config, train=True)
+  eval_planned = {split: batching.plan_dataset(data.encoded[split], eval_batch_config, train=False)
+                  for split in ("dev", "test")}
+  eval_shapes = eval_planned["dev"].shapes.merge(eval_planned["test"].shapes)
+  eval_planned = {split: planned.with_shapes(eval_shapes) for split, planned in eval_planned.items()}
   first_batch = next(batching.train_batches(data.encoded["train"], train_batch_config, 0, config.seed,
-                                            train_prepared))
+                                            train_planned))
   state, state_shardings = create_train_state(model, optimizer, first_batch, config.seed, mesh)
   if pretrained is not None:
     state = with_pretrained_encoder(state, pretrained, state_shardings)
@@ -353,15 +295,15 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
   train_step = make_train_step(model, optimizer, schedule, model_config,
                                optimizer_config.gradient_accumulation_steps, mesh, state_shardings,
                                optim.make_update_fn(optimizer_config, updates, optimizer))
-  predict_step = make_predict_step(model, mesh, state_shardings.params)
+  predict_step = prediction.make_predict_step(model, mesh, state_shardings.params)
 
   def run_eval(step: int) -> None:
     nonlocal best
-    scores = {"dev": evaluate(predict_step, state.params, data.examples["dev"], data.encoded["dev"],
-                              eval_batch_config, mesh, eval_prepared["dev"])}
-    if config.evaluate_test:
-      scores["test"] = evaluate(predict_step, state.params, data.examples["test"], data.encoded["test"],
-                                eval_batch_config, mesh, eval_prepared["test"])
+    scores = {}
+    for split in ("dev", "test") if config.evaluate_test else ("dev",):
+      predicted = prediction.predict(predict_step, state.params, data.encoded[split], eval_batch_config, mesh,
+                                     eval_planned[split])
+      scores[split] = prediction.score(data.examples[split], predicted)
     for split, split_scores in scores.items():
       log.write(step, split, split_scores)
     dev_f1 = scores["dev"]["triplet"]["f1"]
@@ -376,7 +318,7 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
       epoch_batches = batching.train_batches(data.encoded["train"], train_batch_config, epoch, config.seed,
-                                             train_prepared)
+                                             train_planned)
       for batch in itertools.islice(epoch_batches, offset, steps_per_epoch):
         state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
         step += 1

@@ -1,0 +1,86 @@
+"""The one prediction path: jitted forward and decoding, then the host conversion.
+
+Training evaluation (`d2e2s_jax.training.trainer`), prediction files and
+`d2e2s_jax.inference.Predictor` all predict through `predict`:
+
+1. `batching.eval_batches` (every sentence once, static shapes from a `PlannedSplit`);
+2. the jitted `make_predict_step` (`D2E2S.predict`: forward pass and static-shape
+   decoding, `decoding.decode`);
+3. `decoding.fetch_host_outputs` (only the arrays the host reads) and
+   `decoding.host_predictions`: one `SentencePrediction` per sentence, in dataset order.
+
+`score` turns predictions into the triplet, aspect and opinion scores of a split.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from d2e2s_jax import evaluation
+from d2e2s_jax.data import batching, encoding
+from d2e2s_jax.data.examples import Example
+from d2e2s_jax.models import decoding
+from d2e2s_jax.models.decoding import SentencePrediction
+from d2e2s_jax.training import sharding
+
+
+def make_predict_step(model: nn.Module, mesh: jax.sharding.Mesh, param_shardings: Any):
+  """The jitted evaluation step: forward pass and static-shape decoding.
+
+  The returned function also has `trace_count()`: how often it has been traced (one
+  compilation per distinct batch shape).
+  """
+  traces = [0]
+
+  def predict_step(params, batch):
+    traces[0] += 1
+    return model.apply({"params": params}, batch, method=type(model).predict)
+
+  jitted = jax.jit(predict_step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=sharding.replicated(mesh))
+  jitted.trace_count = lambda: traces[0]
+  return jitted
+
+
+def predict(predict_step, params: Any, encoded: Sequence[encoding.EncodedExample],
+            batch_config: batching.BatchConfig, mesh: jax.sharding.Mesh,
+            planned: Optional[batching.PlannedSplit] = None) -> List[SentencePrediction]:
+  """The prediction of every encoded sentence, in order (`encoded[i].index == i`).
+
+  Args:
+    predict_step: `make_predict_step`'s function (or one with its signature).
+    params: the model parameters.
+    encoded: the sentences, as `encoding.encode_examples` numbers them.
+    batch_config: the evaluation batches' config.
+    mesh: where the step runs; batches are split over its batch axes.
+    planned: `batching.plan_dataset(encoded, batch_config, train=False)`, possibly with
+      other shapes (merged with another split's, or `ShapePlan.worst_case`); computed
+      here by default.
+  """
+  results: List[Optional[SentencePrediction]] = [None] * len(encoded)
+  for batch in batching.eval_batches(encoded, batch_config, planned):
+    decoded = decoding.fetch_host_outputs(predict_step(params, sharding.shard_batch(batch, mesh)))
+    rows = decoding.host_predictions(decoded, batch["span_mask"], batch["span_word_bounds"])
+    for row in np.nonzero(batch["example_mask"])[0]:
+      results[int(batch["example_index"][row])] = rows[row]
+  return results  # type: ignore[return-value]
+
+
+def score(examples: Sequence[Example], predictions: Sequence[SentencePrediction]) -> Dict[str, Dict[str, float]]:
+  """Triplet, aspect and opinion scores of a split's predictions against its gold examples.
+
+  Gold is each example's full triplet set (the untruncated examples); the predictions are
+  scored as codes (`TripletScorer.add_codes`: the counts of the sets, without one Python
+  object per predicted triplet).
+  """
+  if len(examples) != len(predictions):
+    raise ValueError(f"{len(predictions)} predictions for {len(examples)} examples")
+  scorer = evaluation.TripletScorer()
+  for example, prediction in zip(examples, predictions):
+    scorer.add_codes(example.triplets, prediction.triplet_codes, prediction.codec,
+                     predicted_aspects=prediction.aspect_codes, predicted_opinions=prediction.opinion_codes)
+  return evaluation.scores_as_dict(scorer.result())
