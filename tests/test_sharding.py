@@ -100,3 +100,21 @@ def test_large_unnamed_arrays_fall_back_to_fsdp(spec, expected):
   assert shardings["params"]["head"]["bias"].spec == P()  # 3 elements: below the threshold
   # Logically named arrays keep their rules.
   assert "fsdp" in str(shardings["params"]["Dense_0"]["kernel"].spec) or mesh.shape["fsdp"] == 1
+
+
+def test_default_rules_name_exactly_the_axes_the_encoder_has():
+  """Every encoder parameter axis has a rule, and every rule but `batch` names one of them
+  (over all config variants of the parity tests)."""
+  from d2e2s_jax.models import deberta_v2  # pylint: disable=import-outside-toplevel
+  from d2e2s_jax.models.deberta_v2_config import DebertaV2Config  # pylint: disable=import-outside-toplevel
+  from tests import test_deberta_v2  # pylint: disable=import-outside-toplevel
+
+  used = set()
+  for variant in test_deberta_v2.VARIANTS.values():
+    config = DebertaV2Config(**{**test_deberta_v2.BASE, **variant})
+    specs = nn.get_partition_spec(deberta_v2.abstract_params(deberta_v2.DebertaV2Model(config)))
+    for spec in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)):
+      used.update(axis for axis in spec if axis is not None)
+  rules = dict(sharding.DEFAULT_LOGICAL_AXIS_RULES)
+  assert used == set(rules) - {"batch"}
+  assert sharding.batch_sharding(sharding.make_mesh("data:4,fsdp:2")).spec == P(rules["batch"])

@@ -27,19 +27,25 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Logical axis name -> mesh axis (or axes, or None for replicated). The encoder names
-# its parameter axes with these (see d2e2s_jax/models/deberta_v2.py).
+# Logical axis name -> mesh axis (or axes; None replicates). `batch` is the leading axis
+# of every batch array (`batch_sharding`); the others are the encoder's parameter axes,
+# every one of them (see d2e2s_jax/models/deberta_v2.py; tests/test_sharding.py checks that
+# the two lists agree, so no rule names an axis that nothing has). Callers may pass other
+# rules to `logical_shardings`.
 DEFAULT_LOGICAL_AXIS_RULES: Tuple[Tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("mlp", "tensor"),
+    ("input_embed", None),
     ("kv", None),
     ("layers", None),
     ("relpos", None),
-    ("conv", None),
-    ("length", None),
+    ("positions", None),
+    ("token_types", None),
+    ("conv_window", None),
+    ("conv_in", None),
 )
 
 
@@ -160,9 +166,9 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh,
                       is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis over data and fsdp; everything else replicated."""
-  return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+def batch_sharding(mesh: Mesh, rules: Sequence[Tuple[str, Any]] = DEFAULT_LOGICAL_AXIS_RULES) -> NamedSharding:
+  """Leading axis as the `batch` rule says (data and fsdp by default); the rest replicated."""
+  return NamedSharding(mesh, PartitionSpec(dict(rules)["batch"]))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -173,7 +179,8 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
   """Places a host batch (flat dict, leading batch axis) on the mesh."""
   sharding = batch_sharding(mesh)
   batch_size = next(iter(batch.values())).shape[0]
-  if batch_size % _mesh_axis_size(mesh, ("data", "fsdp")):
-    raise ValueError(f"batch size {batch_size} is not divisible by the data x fsdp mesh size "
-                     f"{_mesh_axis_size(mesh, ('data', 'fsdp'))}")
+  split = _mesh_axis_size(mesh, sharding.spec[0])
+  if batch_size % split:
+    raise ValueError(f"batch size {batch_size} is not divisible by the {' x '.join(sharding.spec[0])} mesh size "
+                     f"{split}")
   return {key: jax.device_put(value, sharding) for key, value in batch.items()}
