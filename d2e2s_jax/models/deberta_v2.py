@@ -49,17 +49,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from d2e2s_jax import settings
 from d2e2s_jax.models.deberta_v2_config import DebertaV2Config
 
 Array = jax.Array
 Dtype = Any
 
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+# The `remat_policy` setting's values (d2e2s_jax/settings.py), in its order -> jax policy.
+REMAT_POLICIES = dict(zip(settings.REMAT_POLICIES, (
+    None,  # none
+    jax.checkpoint_policies.nothing_saveable,  # full
+    jax.checkpoint_policies.dots_saveable,  # dots
+    jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # dots_no_batch
+), strict=True))
 
 
 def activation(name: str) -> Callable[[Array], Array]:

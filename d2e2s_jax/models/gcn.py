@@ -32,11 +32,13 @@ from typing import Any, NamedTuple, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import jraph
+
+from d2e2s_jax import settings
+from d2e2s_jax.data.jraph_compat import jraph
 
 Array = jax.Array
 
-IMPLEMENTATIONS = ("dense", "jraph")
+IMPLEMENTATIONS = settings.GRAPH_IMPLEMENTATIONS
 _SEM_ATTENTION_DROPOUT = 0.1  # fixed in the released MultiHeadAttention
 
 
