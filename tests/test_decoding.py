@@ -335,29 +335,3 @@ def test_prediction_path_equals_the_reference_evaluation(tmp_path, density):
   assert [(p.triplets(), *p.terms()) for p in predicted] == expected_sets
   assert expected["triplet"]["correct"] > 0 and expected["aspect"]["correct"] > 0
   assert expected["triplet"]["predicted"] > expected["triplet"]["correct"]
-
-
-def _load_decode_benchmark():
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  import pathlib  # pylint: disable=import-outside-toplevel
-  path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "decode.py"
-  spec = importlib.util.spec_from_file_location("benchmark_decode", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_decode_benchmark_runs_small_and_prints_json_last(capsys):
-  import json  # pylint: disable=import-outside-toplevel
-  benchmark = _load_decode_benchmark()
-  returned = benchmark.main(["--repeats", "1", "--batch", "3", "--spans", "40", "--k", "5", "--json"])
-  figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-  assert figures == json.loads(json.dumps(returned))
-  assert sorted(figures["regimes"]) == ["trained", "typical", "unselective"]
-  for values in figures["regimes"].values():
-    for piece in ("eval", "sets", "fetch"):
-      assert values[f"reference_{piece}_ms"] > 0 and values[f"ours_{piece}_ms"] > 0
-      assert values[f"{piece}_speedup"] == pytest.approx(values[f"reference_{piece}_ms"] / values[f"ours_{piece}_ms"])
-  assert figures["regimes"]["unselective"]["on_outputs_per_batch"] == 3 * 5 * 4 * 4  # everything on
-  with pytest.raises(SystemExit):
-    benchmark.parse_args(["--regimes", "sleepy"])

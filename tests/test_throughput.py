@@ -123,3 +123,34 @@ def test_utilisation():
   assert throughput.utilisation(3e12, 0.5, 12e12) == pytest.approx(0.5)
   assert throughput.utilisation(3e12, 0.5, None) is None
   assert throughput.utilisation(3e12, 0.0, 12e12) is None
+
+
+class _FakeDevice:
+  device_kind = "NVIDIA H200"
+
+
+def test_meter_rates_over_an_interval():
+  config = model_config()
+  now = [100.0]
+  meter = throughput.Meter(config, [_FakeDevice(), _FakeDevice()], clock=lambda: now[0])
+  batch = contract_batch(2, 16, 5, 3)
+  batch["attention_mask"][:, 10:] = 0  # 10 real pieces per row
+  meter.add(batch)
+  meter.add(batch)
+  now[0] += 4.0
+  rates = meter.read()
+  assert rates["steps_per_s"] == pytest.approx(0.5) and rates["tokens_per_s"] == pytest.approx(10.0)
+  step = throughput.batch_flops(config, batch)
+  peak = throughput.peak_flops_per_s("NVIDIA H200", config.dtype)
+  assert rates["model_flops_utilization"] == pytest.approx(2 * step / 4.0 / (2 * peak))
+  # A restart (after an evaluation) drops what was added and the time spent so far.
+  meter.add(batch)
+  now[0] += 50.0
+  meter.restart()
+  meter.add(batch)
+  now[0] += 1.0
+  assert meter.read()["tokens_per_s"] == pytest.approx(20.0)
+  cpu = throughput.Meter(config, jax.devices()[:1])
+  cpu.add(batch)
+  assert cpu.read()["model_flops_utilization"] is None
+  assert set(rates) == set(throughput.RATE_KEYS)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Dict, Mapping, Optional, Union
 
 import flax.linen as nn
@@ -271,3 +272,54 @@ def utilisation(flops_per_step: float, seconds_per_step: float, peak: Optional[f
   if peak is None or peak <= 0 or not seconds_per_step > 0:
     return None
   return flops_per_step / seconds_per_step / peak
+
+
+# What `Meter.read` returns (and the trainer logs to metrics.jsonl): wall-clock rates.
+RATE_KEYS = ("steps_per_s", "tokens_per_s", "model_flops_utilization")
+
+
+class Meter:
+  """Training throughput between two reads: real tokens/s and model FLOPs utilisation.
+
+  `add(batch)` after each step counts the batch's real sub-tokens (`attention_mask`) and
+  its step FLOPs (`batch_flops`, computed once per batch shape); `read()` returns the
+  rates since the previous read (or `restart`) and starts a new interval. Time spent
+  outside training steps (evaluation, checkpoints) is left out by calling `restart`
+  after it. The utilisation is over all the mesh's devices and None where their peak is
+  unknown (the CPU); the FLOPs are those of the padded shapes the device computes.
+
+  Args:
+    model_config: the trained model's config.
+    devices: the devices the step runs on (e.g. `mesh.devices.flat`).
+    clock: seconds, monotonic (tests pass a fake one).
+  """
+
+  def __init__(self, model_config: d2e2s.D2E2SConfig, devices: Any, clock: Any = None):
+    devices = list(devices)
+    self._model_config = model_config
+    peak = peak_flops_per_s(devices[0], model_config.dtype) if devices else None
+    self._peak = None if peak is None else peak * len(devices)
+    self._clock = clock or time.perf_counter
+    self._flops_by_shape: Dict[tuple, float] = {}
+    self.restart()
+
+  def restart(self) -> None:
+    """Starts a new interval now, forgetting what was added since the last read."""
+    self._start, self._steps, self._tokens, self._flops = self._clock(), 0, 0, 0.0
+
+  def add(self, batch: Mapping[str, Any]) -> None:
+    """Counts one training step on `batch` (numpy arrays of the batch contract)."""
+    shape = tuple(np.shape(batch[key]) for key in ("input_ids", "span_mask", "pair_mask") if key in batch)
+    if shape not in self._flops_by_shape:
+      self._flops_by_shape[shape] = batch_flops(self._model_config, batch)
+    self._steps += 1
+    self._tokens += int(np.sum(batch["attention_mask"]))
+    self._flops += self._flops_by_shape[shape]
+
+  def read(self) -> Dict[str, Optional[float]]:
+    """`steps_per_s`, `tokens_per_s` and `model_flops_utilization` (None without a peak)."""
+    seconds = max(self._clock() - self._start, 1e-9)
+    rates = dict(zip(RATE_KEYS, (self._steps / seconds, self._tokens / seconds,
+                                 utilisation(self._flops, seconds, self._peak))))
+    self.restart()
+    return rates

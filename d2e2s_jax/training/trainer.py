@@ -26,7 +26,6 @@ import itertools
 import math
 import os
 import pathlib
-import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
@@ -44,7 +43,7 @@ from d2e2s_jax.data import batching, download, encoding, readers, synthetic
 from d2e2s_jax.data.examples import DataError, Example
 from d2e2s_jax.models import d2e2s, losses
 from d2e2s_jax.models import deberta_v2_convert
-from d2e2s_jax.training import checkpoints, metrics_log, optim, sharding
+from d2e2s_jax.training import checkpoints, metrics_log, optim, sharding, throughput
 from d2e2s_jax.training.config import SCRATCH, TrainConfig
 
 SPLITS = ("train", "dev", "test")
@@ -313,7 +312,7 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
 
   step = start_step
   progress = _progress(total_steps, start_step, config.progress_bar)
-  last_time, last_step = time.time(), step
+  meter = throughput.Meter(model_config, mesh.devices.flat)
   try:
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
@@ -321,19 +320,24 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
                                              train_planned)
       for batch in itertools.islice(epoch_batches, offset, steps_per_epoch):
         state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
+        meter.add(batch)
         step += 1
         progress.update(1)
         if step % config.log_every == 0 or step == total_steps:
           values = {k: v.item() for k, v in jax.device_get(metrics).items()}
-          now = time.time()
-          rate = (step - last_step) / max(now - last_time, 1e-9)
-          last_time, last_step = now, step
+          # Over the steps since the last log line (evaluation and checkpoints left out;
+          # the first interval includes compilation).
+          rates = meter.read()
           log.write(step, "train", {"loss": values["loss"], "learning_rate": values["learning_rate"],
                                     "entity_loss": values["entity_loss"],
                                     "sentiment_loss": values["sentiment_loss"], "kl_term": values["kl_term"],
-                                    "grad_norm": values["grad_norm"], "skipped_steps": values["total_skips"]})
-          progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['learning_rate']:.2e}",
-                               steps_per_s=f"{rate:.2f}")
+                                    "grad_norm": values["grad_norm"], "skipped_steps": values["total_skips"],
+                                    **{k: v for k, v in rates.items() if v is not None}})
+          postfix = {"loss": f"{values['loss']:.4f}", "lr": f"{values['learning_rate']:.2e}",
+                     "tokens_per_s": f"{rates['tokens_per_s']:.0f}"}
+          if rates["model_flops_utilization"] is not None:
+            postfix["mfu"] = f"{100 * rates['model_flops_utilization']:.1f}%"
+          progress.set_postfix(postfix)
           if values["max_consecutive_skips"] >= config.max_consecutive_skips:
             raise TrainingError(
                 f"stopping at step {step}: {values['max_consecutive_skips']} consecutive steps had a non-finite "
@@ -341,8 +345,10 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
                 f"check the data. The last checkpoint is in {ckpts.directory}")
         if step % eval_every == 0 or step == total_steps:
           run_eval(step)
+          meter.restart()
         if step % checkpoint_every == 0 or step == total_steps:
           ckpts.save_latest(step, state, {"best": best, "epoch": epoch})
+          meter.restart()
         if step >= total_steps:
           break
   finally:
