@@ -6,6 +6,7 @@ import pytest
 
 from d2e2s_jax.data import parses, readers, writers
 from d2e2s_jax.data.examples import DataError, Example, Triplet
+from tests import test_data_support
 from tests.test_data_support import staff_example, validate_heads
 
 DATASETS = ("14lap", "14res", "15res", "16res")
@@ -43,7 +44,7 @@ def test_benchmark_sizes_and_both_sources_agree(shared_data_dir, dataset, split)
     assert len(examples) == sentences and sum(len(e.triplets) for e in examples) == triplets
   assert all(example.has_parse for example in from_json)
   assert len({example.id for example in from_json}) == sentences
-  differences = readers.compare_datasets(from_json, from_text)
+  differences = test_data_support.compare_datasets(from_json, from_text)
   expected = TOKENIZATION_DIFFERENCES.get((dataset, split))
   if expected is None:
     assert differences == []

@@ -63,29 +63,6 @@ def test_gold_spans_are_candidates_with_exact_piece_bounds(example, max_span_siz
     assert size == word_end - word_start
 
 
-@hypothesis.settings(max_examples=200, deadline=None)
-@hypothesis.given(data=st.data())
-def test_between_is_exactly_the_positions_strictly_between(data):
-  length = 20
-  first_start = data.draw(st.integers(0, length - 1))
-  first = (first_start, data.draw(st.integers(first_start + 1, length)))
-  second_start = data.draw(st.integers(0, length - 1))
-  second = (second_start, data.draw(st.integers(second_start + 1, length)))
-  start, end = sampling.between_bounds(first, second)
-  assert start <= end
-  between = set(range(start, end))
-  if first[1] <= second[0] or second[1] <= first[0]:
-    low, high = (first, second) if first[1] <= second[0] else (second, first)
-    assert between == set(range(low[1], high[0]))
-  else:
-    assert not between  # overlapping spans have nothing strictly between them
-  # The released mask: positions[start:end] with its own start/end (a negative-length
-  # slice is empty).
-  released_start = first[1] if first[1] < second[0] else second[1]
-  released_end = second[0] if first[1] < second[0] else first[0]
-  assert between == set(list(range(length))[released_start:released_end])
-
-
 def test_train_sample_positives_negatives_and_pairs():
   example = Example(id="s", tokens=("the", "food", "was", "good", "but", "service", "slow"),
                     triplets=(Triplet((1, 2), (3, 4), "POSITIVE"), Triplet((5, 6), (6, 7), "NEGATIVE"),

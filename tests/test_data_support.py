@@ -5,7 +5,7 @@ readable multi-piece words; its special tokens sit at unusual ids so a hard-code
 `[CLS]` = 101 or 1 would be caught.
 """
 
-from typing import Sequence
+from typing import List, Sequence
 
 import transformers
 
@@ -44,3 +44,28 @@ def validate_heads(heads: Sequence[int], where: str = "") -> None:
       assert word not in seen, f"{where}: the heads form a cycle through word {word}"
       seen.add(word)
       word = heads[word - 1]
+
+
+def compare_datasets(first: Sequence[Example], second: Sequence[Example]) -> List[str]:
+  """Lists where two versions of one dataset (same sentence order) disagree.
+
+  Compares sentence by sentence the words and the triplets (as sets; ids and parses are
+  ignored). Used to check that the raw and JSON benchmark files agree and to report the
+  sentences whose tokenization differs instead of merging them silently.
+
+  Returns:
+    One line per difference, naming both example ids; empty when they agree.
+  """
+  differences = []
+  if len(first) != len(second):
+    differences.append(f"different sizes: {len(first)} vs {len(second)} sentences")
+  for index, (left, right) in enumerate(zip(first, second)):
+    if left.tokens != right.tokens:
+      changed = [position for position in range(max(len(left.tokens), len(right.tokens)))
+                 if left.tokens[position:position + 1] != right.tokens[position:position + 1]]
+      differences.append(f"sentence {index} ({left.id} / {right.id}): tokens differ from word {changed[0]} "
+                         f"({len(left.tokens)} vs {len(right.tokens)} words)")
+    if set(left.triplets) != set(right.triplets):
+      differences.append(f"sentence {index} ({left.id} / {right.id}): triplets differ: "
+                         f"{sorted(set(left.triplets) ^ set(right.triplets), key=repr)}")
+  return differences

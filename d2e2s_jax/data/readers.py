@@ -23,7 +23,7 @@ import ast
 import json
 import logging
 import pathlib
-from typing import List, Sequence, Tuple, Union
+from typing import List, Tuple, Union
 
 from d2e2s_jax.data.examples import (ENTITY_TYPES, OPINION, SENTIMENT_ABBREVIATIONS, SENTIMENTS, TARGET, DataError,
                                      Example, Span, Triplet)
@@ -225,28 +225,3 @@ def dataset_paths(data_dir: PathLike, dataset: str, split: str, format: str = "d
   if format == "aste_v2":
     return data_dir / "aste-v2-raw" / dataset / f"{split}_triplets.txt"
   raise ValueError(f"unknown dataset format {format!r}; expected one of {FORMATS}")
-
-
-def compare_datasets(first: Sequence[Example], second: Sequence[Example]) -> List[str]:
-  """Lists where two versions of one dataset (same sentence order) disagree.
-
-  Compares sentence by sentence the words and the triplets (as sets; ids and parses are
-  ignored). Used to check that the raw and JSON benchmark files agree and to report the
-  sentences whose tokenization differs instead of merging them silently.
-
-  Returns:
-    One line per difference, naming both example ids; empty when they agree.
-  """
-  differences = []
-  if len(first) != len(second):
-    differences.append(f"different sizes: {len(first)} vs {len(second)} sentences")
-  for index, (left, right) in enumerate(zip(first, second)):
-    if left.tokens != right.tokens:
-      changed = [position for position in range(max(len(left.tokens), len(right.tokens)))
-                 if left.tokens[position:position + 1] != right.tokens[position:position + 1]]
-      differences.append(f"sentence {index} ({left.id} / {right.id}): tokens differ from word {changed[0]} "
-                         f"({len(left.tokens)} vs {len(right.tokens)} words)")
-    if set(left.triplets) != set(right.triplets):
-      differences.append(f"sentence {index} ({left.id} / {right.id}): triplets differ: "
-                         f"{sorted(set(left.triplets) ^ set(right.triplets), key=repr)}")
-  return differences

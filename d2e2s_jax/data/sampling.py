@@ -73,21 +73,6 @@ def candidate_spans(num_words: int, max_span_size: int) -> List[Span]:
   return [(start, start + size) for size in range(1, max_span_size + 1) for start in range(num_words - size + 1)]
 
 
-def between_bounds(first: Tuple[int, int], second: Tuple[int, int]) -> Tuple[int, int]:
-  """Positions strictly between two spans, as [start, end); start == end when none.
-
-  The released `create_senti_mask`: if `first` ends before `second` starts the range is
-  [first.end, second.start), otherwise [second.end, first.start). Overlapping or
-  adjacent spans give an empty range there as a negative-length slice; here the end is
-  clamped to the start so an empty range always has start == end.
-  """
-  if first[1] < second[0]:
-    start, end = first[1], second[0]
-  else:
-    start, end = second[1], first[0]
-  return start, max(start, end)
-
-
 def gold_span_labels(triplets: Sequence[Triplet]) -> Dict[Span, int]:
   """Label of each distinct gold span; a span that is both types is a target."""
   labels: Dict[Span, int] = {}

@@ -18,7 +18,8 @@ is one matmul before the scan, so the scan only carries the recurrent matmul, an
 directions share one scan. The recurrence has a hand-written backward pass (`_recurrence`):
 the recurrent kernel's gradient is one matmul after the reverse loop instead of a sum
 accumulated inside it, which made the training step of a base-sized model markedly
-faster on CPU (benchmarks/train_step.py, `--fix_repeats`).
+faster on CPU (measured against the autodiff recurrence by benchmarks/train_step.py at
+commit 744d202).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def _recurrence(projected: Array, recurrent_kernels: Array, dtype: Any) -> Array
   the gate gradients; the kernel gradient is one [H, T*B] x [T*B, 4H] matmul after the
   loop, and the loop multiplies by a kernel transposed once before it. The same sums up to
   float32 rounding (tests/test_lstm.py compares the gradients with torch's). Measured on
-  CPU in benchmarks/train_step.py (`--fix_repeats`).
+  CPU by benchmarks/train_step.py at commit 744d202.
   """
   return _recurrence_forward(projected, recurrent_kernels, dtype)[0]
 
