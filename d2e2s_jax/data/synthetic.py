@@ -30,7 +30,8 @@ import pathlib
 import random
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from d2e2s_jax.data.examples import Example, Triplet
+from d2e2s_jax.data.examples import (ENTITY_TYPES, INVALID, SENTIMENT_ABBREVIATIONS, SENTIMENT_OUTPUTS, Example,
+                                     Triplet)
 from d2e2s_jax.data.writers import write_examples
 
 ID_PREFIX = "synthetic:"
@@ -39,17 +40,10 @@ DEFAULT_SEED = 0
 
 # The same schema as the benchmark's types.json: the entity types and the sentiment
 # outputs in the order the model uses them (NEUTRAL, POSITIVE, NEGATIVE, INVALID).
+_SHORT = {**SENTIMENT_ABBREVIATIONS, INVALID: "INV"}
 TYPES = {
-    "entities": {
-        "target": {"short": "t", "verbose": "target"},
-        "opinion": {"short": "o", "verbose": "opinion"},
-    },
-    "sentiment": {
-        "NEUTRAL": {"short": "NEU", "verbose": "NEUTRAL", "symmetric": False},
-        "POSITIVE": {"short": "POS", "verbose": "POSITIVE", "symmetric": False},
-        "NEGATIVE": {"short": "NEG", "verbose": "NEGATIVE", "symmetric": False},
-        "INVALID": {"short": "INV", "verbose": "INVALID", "symmetric": False},
-    },
+    "entities": {name: {"short": name[0], "verbose": name} for name in ENTITY_TYPES},
+    "sentiment": {name: {"short": _SHORT[name], "verbose": name, "symmetric": False} for name in SENTIMENT_OUTPUTS},
 }
 
 PathLike = Union[str, pathlib.Path]

@@ -174,7 +174,7 @@ def forward_flops(model_config: d2e2s.D2E2SConfig, batch_size: int, seq_len: int
     params: the model's parameters, if at hand (their shapes only; saves the abstract
       initialisation).
   """
-  dense = dense_parameter_counts(params) if params is not None else _config_dense_counts(model_config)
+  dense = dense_parameter_counts(params) if params is not None else model_dense_parameter_counts(model_config)
   return analytic_flops(model_config.encoder, dense, batch_size, seq_len, num_spans, num_pairs, training=False)
 
 
