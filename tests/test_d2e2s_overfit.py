@@ -31,8 +31,9 @@ def test_tiny_model_overfits_eight_sentences(shared_data_dir, tmp_path):
   tokenizer = tokenization.load_tokenizer(tokenization.train_sentencepiece_tokenizer(
       [" ".join(e.tokens) for e in examples], tmp_path / "tokenizer", vocab_size=200))
   encoded = encoding.encode_examples(examples, tokenizer, max_length=64)
+  # Every negative span and pair (the released sampling), as the model must learn them all.
   batch_config = batching.BatchConfig.for_tokenizer(tokenizer, batch_size=NUM_SENTENCES, max_span_size=4,
-                                                    shuffle=False)
+                                                    neg_entity_count=-1, neg_triple_count=-1, shuffle=False)
   train_batch = next(batching.train_batches(encoded, batch_config, epoch=0, seed=0))
   eval_batch = next(batching.eval_batches(encoded, batch_config))
 
