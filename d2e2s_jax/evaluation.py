@@ -17,7 +17,12 @@ Two ways in:
   at a time with decoded triplets (and, optionally, the term spans the span classifier
   kept, which may include spans that ended up in no triplet).
 * `score(gold_examples, predicted_examples)`, which aligns two lists of `Example`s by id
-  and fails, naming the id, when one side has a sentence the other lacks.
+  and fails, naming the id, when one side has a sentence the other lacks. A prediction
+  with `entities` (as `readers.read_predictions` gives) has as its aspect and opinion
+  terms its entities typed `target` and `opinion`, as the released code scores terms
+  (every span classified target/opinion, in a triplet or not); one without has its
+  triplets' spans. Triplets are matched whatever their spans' predicted types, and a
+  predicted INVALID triplet is a false positive.
 
 A decoder that predicts thousands of triplets per sentence (an unselective model early in
 training) can skip building one `Triplet` object per prediction: `TripletCodec` packs
@@ -34,7 +39,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from d2e2s_jax.data.examples import DataError, Example, Span, Triplet
+from d2e2s_jax.data.examples import OPINION, TARGET, DataError, Example, Span, Triplet
 
 SCORE_NAMES = ("triplet", "aspect", "opinion")
 
@@ -459,8 +464,21 @@ def score(
     if tuple(prediction.tokens) != tuple(gold_example.tokens):
       raise DataError(
           f"{predicted_source}: record {example_id!r} has different tokens from the gold record in {gold_source}")
-    scorer.add(gold_example.triplets, prediction.triplets)
+    scorer.add(gold_example.triplets, prediction.triplets, **predicted_terms(prediction))
   return scorer.result()
+
+
+def predicted_terms(prediction: Example) -> Dict[str, Optional[List[Span]]]:
+  """`TripletScorer.add`'s term arguments for a prediction: its typed entities, if it has them.
+
+  Returns:
+    `{"predicted_aspects": spans, "predicted_opinions": spans}`, the spans of its entities
+    typed target and opinion, or both None (terms from the triplets) without `entities`.
+  """
+  if prediction.entities is None:
+    return {"predicted_aspects": None, "predicted_opinions": None}
+  return {"predicted_aspects": [entity.span for entity in prediction.entities if entity.type == TARGET],
+          "predicted_opinions": [entity.span for entity in prediction.entities if entity.type == OPINION]}
 
 
 def scores_as_dict(scores: Dict[str, PRF]) -> Dict[str, Dict[str, float]]:

@@ -18,10 +18,12 @@ from absl import flags
 
 from d2e2s_jax import evaluation
 from d2e2s_jax.data.examples import DataError
-from d2e2s_jax.data.readers import read_examples
+from d2e2s_jax.data.readers import read_examples, read_predictions
 
 _GOLD = flags.DEFINE_string("gold", None, "Gold examples, D2E2S JSON.", required=True)
-_PREDICTIONS = flags.DEFINE_string("predictions", None, "Predicted examples, D2E2S JSON.", required=True)
+_PREDICTIONS = flags.DEFINE_string(
+    "predictions", None, "Predicted examples, D2E2S JSON as `readers.read_predictions` reads it (ours or the released "
+    "code's: sentiments may pair any two entities, INVALID allowed, optional scores).", required=True)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -29,7 +31,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     gold = read_examples(_GOLD.value, format="d2e2s")
-    predicted = read_examples(_PREDICTIONS.value, format="d2e2s")
+    predicted = read_predictions(_PREDICTIONS.value)
     scores = evaluation.score(gold, predicted, gold_source=_GOLD.value, predicted_source=_PREDICTIONS.value)
   except DataError as error:
     # The reader reports a missing or unreadable file as a DataError naming it, too.

@@ -39,11 +39,30 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Triplet:
-  """One (aspect, opinion, sentiment) triplet over word spans."""
+  """One (aspect, opinion, sentiment) triplet over word spans.
+
+  In gold data the aspect is a `target` span, the opinion an `opinion` span and the
+  sentiment one of SENTIMENTS. A predicted triplet is (head span, tail span, sentiment)
+  of the pair classifier: its spans may have any predicted type and its sentiment is one
+  of SENTIMENT_OUTPUTS (an INVALID triplet can only be a false positive).
+  """
 
   aspect: Span
   opinion: Span
-  sentiment: str  # one of SENTIMENTS
+  sentiment: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Entity:
+  """One typed span of a record, as a D2E2S JSON file's `entities` list holds it.
+
+  Attributes:
+    type: one of ENTITY_TYPES.
+    span: word indices [start, end).
+  """
+
+  type: str
+  span: Span
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,13 +80,20 @@ class Example:
   Attributes:
     id: stable identifier (the D2E2S `orig_id`, or `<file stem>:<line>` for raw files).
     tokens: the words.
-    triplets: gold triplets (may be empty).
+    triplets: gold or predicted triplets (may be empty).
     pos_tags: one POS tag per parse word (`parse_words`), or None.
     heads: one 1-based head index per word of `tokens` (0 = ROOT or not covered by the
       parse), or None.
     relations: one dependency relation per word of `tokens`, or None.
     dependency: the source parse entries, verbatim, or None.
     parse_words: the words the source parse indexes, or None.
+    entities: the record's typed spans in file order, or None. Predictions
+      (`readers.read_predictions`) always set it: every span the model typed target or
+      opinion, in a triplet or not, and the aspect and opinion term scores count these.
+      Gold examples (`readers.read_examples`) leave it None: their terms are their
+      triplets' spans (the benchmark files have no entity outside a triplet).
+    triplet_scores: one score in [0, 1] per triplet (aligned with `triplets`), or None. An
+      example without triplets has None (an empty tuple is stored as None).
   """
 
   id: str
@@ -78,6 +104,16 @@ class Example:
   relations: Optional[Tuple[str, ...]] = None
   dependency: Optional[Tuple[DependencyEntry, ...]] = None
   parse_words: Optional[Tuple[str, ...]] = None
+  entities: Optional[Tuple[Entity, ...]] = None
+  triplet_scores: Optional[Tuple[float, ...]] = None
+
+  def __post_init__(self):
+    if self.triplet_scores is not None:
+      if len(self.triplet_scores) != len(self.triplets):
+        raise ValueError(f"example {self.id}: {len(self.triplet_scores)} triplet scores for "
+                         f"{len(self.triplets)} triplets")
+      if not self.triplet_scores:
+        object.__setattr__(self, "triplet_scores", None)
 
   @property
   def has_parse(self) -> bool:

@@ -12,6 +12,16 @@ Formats (see docs/d2e2s-reference.md, "Data formats"):
   word between two spaces is kept, so files written by `writers` round-trip). Ids are
   `<file stem>:<line>`.
 
+Gold files (`read_examples`) are strict: a sentiment's head must be a `target` entity,
+its tail an `opinion` entity, its type one of `SENTIMENTS`. Prediction files
+(`read_predictions`, D2E2S JSON) are what a decoder writes, the released one included: a
+sentiment may pair any two of the record's entities (the decoder pairs every ordered pair
+of kept spans, whatever their types), its type may be any of `SENTIMENT_OUTPUTS`
+(INVALID included), and it may carry a `score` in [0, 1] (all of a file's sentiments or
+none of them). The predicted `Example` keeps every entity in `entities` and the scores in
+`triplet_scores`. Everything else (tokens, spans, entity types, indices, parse) is
+checked as strictly as in gold files.
+
 Every problem is a `DataError` whose message names the file and the record (1-based line
 for text, 0-based index for JSON). With `skip_invalid=True` bad records are skipped,
 logged and counted (`read_examples_with_errors` also returns the errors).
@@ -23,10 +33,10 @@ import ast
 import json
 import logging
 import pathlib
-from typing import List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
-from d2e2s_jax.data.examples import (ENTITY_TYPES, OPINION, SENTIMENT_ABBREVIATIONS, SENTIMENTS, TARGET, DataError,
-                                     Example, Span, Triplet)
+from d2e2s_jax.data.examples import (ENTITY_TYPES, OPINION, SENTIMENT_ABBREVIATIONS, SENTIMENT_OUTPUTS, SENTIMENTS,
+                                     TARGET, DataError, Entity, Example, Span, Triplet)
 from d2e2s_jax.data.parses import validate_dependency, word_level_parse
 
 FORMATS = ("d2e2s", "aste_v2")
@@ -55,9 +65,32 @@ def read_examples(path: PathLike, format: str = "d2e2s", *, skip_invalid: bool =
 def read_examples_with_errors(path: PathLike, format: str = "d2e2s", *,  # pylint: disable=redefined-builtin
                               skip_invalid: bool = True) -> Tuple[List[Example], List[DataError]]:
   """Like `read_examples`, also returning the errors of the skipped records."""
-  path = pathlib.Path(path)
   if format not in FORMATS:
     raise ValueError(f"unknown dataset format {format!r}; expected one of {FORMATS}")
+  return _read(pathlib.Path(path), format, predictions=False, skip_invalid=skip_invalid)
+
+
+def read_predictions(path: PathLike) -> List[Example]:
+  """Reads a D2E2S JSON predictions file (ours or the released code's).
+
+  Args:
+    path: the file.
+
+  Returns:
+    The predicted examples in file order; each has `entities` (every typed span of its
+    record, in file order), `triplets` (one per sentiment, head span then tail span)
+    and `triplet_scores` (None when the file has no scores).
+
+  Raises:
+    DataError: on the first bad record (or an unreadable file).
+  """
+  examples, _ = _read(pathlib.Path(path), "d2e2s", predictions=True, skip_invalid=False)
+  return examples
+
+
+def _read(path: pathlib.Path, format: str, *, predictions: bool,  # pylint: disable=redefined-builtin
+          skip_invalid: bool) -> Tuple[List[Example], List[DataError]]:
+  """Reads and validates a file's records; bad ones raise or are skipped and returned."""
   try:
     raw_bytes = path.read_bytes()
   except OSError as error:
@@ -67,11 +100,11 @@ def read_examples_with_errors(path: PathLike, format: str = "d2e2s", *,  # pylin
   except UnicodeDecodeError as error:
     raise DataError(f"{path}: not valid UTF-8 at byte {error.start}") from error
   if format == "d2e2s":
-    records = _json_records(path, text)
+    records = _json_records(path, text, predictions)
   else:
     records = _text_records(path, text)
   examples, errors = [], []
-  for where, parse_record in records:
+  for parse_record in records:
     try:
       examples.append(parse_record())
     except DataError as error:
@@ -84,8 +117,8 @@ def read_examples_with_errors(path: PathLike, format: str = "d2e2s", *,  # pylin
   return examples, errors
 
 
-def _json_records(path: pathlib.Path, text: str):
-  """Yields (where, thunk) per JSON record; a thunk builds the Example or raises."""
+def _json_records(path: pathlib.Path, text: str, predictions: bool):
+  """Yields a thunk per JSON record that builds its Example or raises."""
   try:
     data = json.loads(text)
   except json.JSONDecodeError as error:
@@ -94,16 +127,17 @@ def _json_records(path: pathlib.Path, text: str):
     raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
   for index, record in enumerate(data):
     where = f"{path}, record {index}"
-    yield where, lambda record=record, where=where, index=index: _parse_json_record(record, where, f"{path.stem}:{index}")
+    yield lambda record=record, where=where, index=index: _parse_json_record(record, where, f"{path.stem}:{index}",
+                                                                             predictions)
 
 
 def _text_records(path: pathlib.Path, text: str):
-  """Yields (where, thunk) per non-blank line of a raw ASTE-V2 file."""
+  """Yields a thunk per non-blank line of a raw ASTE-V2 file that builds its Example or raises."""
   for number, line in enumerate(text.splitlines(), start=1):
     if not line.strip():
       continue
     where = f"{path}, line {number}"
-    yield where, lambda line=line, where=where, number=number: _parse_text_line(line, where, f"{path.stem}:{number}")
+    yield lambda line=line, where=where, number=number: _parse_text_line(line, where, f"{path.stem}:{number}")
 
 
 def _check_span(start: object, end: object, num_words: int, where: str, what: str) -> Span:
@@ -122,43 +156,16 @@ def _check_tokens(tokens: object, where: str) -> Tuple[str, ...]:
   return tuple(tokens)
 
 
-def _parse_json_record(record: object, where: str, default_id: str) -> Example:
-  """Builds an Example from one D2E2S JSON record."""
+def _parse_json_record(record: object, where: str, default_id: str, predictions: bool = False) -> Example:
+  """Builds an Example from one D2E2S JSON record (a gold one, or a prediction: see the module doc)."""
   if not isinstance(record, dict):
     raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
   missing = [key for key in ("tokens", "entities", "sentiments") if key not in record]
   if missing:
     raise DataError(f"{where}: missing field(s) {missing}")
   tokens = _check_tokens(record["tokens"], where)
-  entities = record["entities"]
-  if not isinstance(entities, list):
-    raise DataError(f"{where}: 'entities' must be a list")
-  entity_spans, entity_types = [], []
-  for number, entity in enumerate(entities):
-    if not isinstance(entity, dict) or any(key not in entity for key in ("type", "start", "end")):
-      raise DataError(f"{where}: entity {number} must be an object with type, start and end")
-    if entity["type"] not in ENTITY_TYPES:
-      raise DataError(f"{where}: entity {number} has unknown type {entity['type']!r}; expected one of {ENTITY_TYPES}")
-    entity_spans.append(_check_span(entity["start"], entity["end"], len(tokens), where, f"entity {number}"))
-    entity_types.append(entity["type"])
-  sentiments = record["sentiments"]
-  if not isinstance(sentiments, list):
-    raise DataError(f"{where}: 'sentiments' must be a list")
-  triplets = []
-  for number, sentiment in enumerate(sentiments):
-    if not isinstance(sentiment, dict) or any(key not in sentiment for key in ("type", "head", "tail")):
-      raise DataError(f"{where}: sentiment {number} must be an object with type, head and tail")
-    if sentiment["type"] not in SENTIMENTS:
-      raise DataError(f"{where}: sentiment {number} has unknown type {sentiment['type']!r}; expected one of {SENTIMENTS}")
-    for role, expected_type in (("head", TARGET), ("tail", OPINION)):
-      entity_index = sentiment[role]
-      if type(entity_index) is not int or not 0 <= entity_index < len(entity_spans):
-        raise DataError(f"{where}: sentiment {number} {role} {entity_index!r} points at a missing entity "
-                        f"(the record has {len(entity_spans)})")
-      if entity_types[entity_index] != expected_type:
-        raise DataError(f"{where}: sentiment {number} {role} is entity {entity_index} of type "
-                        f"{entity_types[entity_index]!r}, expected {expected_type!r}")
-    triplets.append(Triplet(entity_spans[sentiment["head"]], entity_spans[sentiment["tail"]], sentiment["type"]))
+  entities = _parse_entities(record["entities"], len(tokens), where)
+  triplets, scores = _parse_sentiments(record["sentiments"], entities, where, predictions)
   example_id = record.get("orig_id", default_id)
   if type(example_id) is int:  # some ASTE exports number their sentences
     example_id = str(example_id)
@@ -178,8 +185,57 @@ def _parse_json_record(record: object, where: str, default_id: str) -> Example:
     dependency = validate_dependency(record["dependency"], len(words), where)
     heads, relations = word_level_parse(tokens, words, dependency)
     parse_words = words
-  return Example(id=example_id, tokens=tokens, triplets=tuple(triplets), pos_tags=pos_tags, heads=heads,
-                 relations=relations, dependency=dependency, parse_words=parse_words)
+  return Example(id=example_id, tokens=tokens, triplets=triplets, pos_tags=pos_tags, heads=heads,
+                 relations=relations, dependency=dependency, parse_words=parse_words,
+                 entities=tuple(entities) if predictions else None, triplet_scores=scores)
+
+
+def _parse_entities(entities: object, num_words: int, where: str) -> List[Entity]:
+  """The typed spans of a record's `entities` list."""
+  if not isinstance(entities, list):
+    raise DataError(f"{where}: 'entities' must be a list")
+  parsed = []
+  for number, entity in enumerate(entities):
+    if not isinstance(entity, dict) or any(key not in entity for key in ("type", "start", "end")):
+      raise DataError(f"{where}: entity {number} must be an object with type, start and end")
+    if entity["type"] not in ENTITY_TYPES:
+      raise DataError(f"{where}: entity {number} has unknown type {entity['type']!r}; expected one of {ENTITY_TYPES}")
+    parsed.append(Entity(entity["type"], _check_span(entity["start"], entity["end"], num_words, where,
+                                                     f"entity {number}")))
+  return parsed
+
+
+def _parse_sentiments(sentiments: object, entities: List[Entity], where: str,
+                      predictions: bool) -> Tuple[Tuple[Triplet, ...], Optional[Tuple[float, ...]]]:
+  """A record's triplets (head span, tail span, sentiment) and, for scored predictions, their scores."""
+  if not isinstance(sentiments, list):
+    raise DataError(f"{where}: 'sentiments' must be a list")
+  names = SENTIMENT_OUTPUTS if predictions else SENTIMENTS
+  scored = predictions and bool(sentiments) and isinstance(sentiments[0], dict) and "score" in sentiments[0]
+  triplets, scores = [], []
+  for number, sentiment in enumerate(sentiments):
+    if not isinstance(sentiment, dict) or any(key not in sentiment for key in ("type", "head", "tail")):
+      raise DataError(f"{where}: sentiment {number} must be an object with type, head and tail")
+    if sentiment["type"] not in names:
+      raise DataError(f"{where}: sentiment {number} has unknown type {sentiment['type']!r}; expected one of {names}")
+    for role, expected_type in (("head", TARGET), ("tail", OPINION)):
+      entity_index = sentiment[role]
+      if type(entity_index) is not int or not 0 <= entity_index < len(entities):
+        raise DataError(f"{where}: sentiment {number} {role} {entity_index!r} points at a missing entity "
+                        f"(the record has {len(entities)})")
+      if not predictions and entities[entity_index].type != expected_type:
+        raise DataError(f"{where}: sentiment {number} {role} is entity {entity_index} of type "
+                        f"{entities[entity_index].type!r}, expected {expected_type!r}")
+    if predictions and ("score" in sentiment) != scored:
+      raise DataError(f"{where}: sentiment {number} {'has' if 'score' in sentiment else 'lacks'} a score, sentiment 0 "
+                      f"{'does not' if scored else 'has one'} (give every sentiment a score or none)")
+    if scored:
+      score = sentiment["score"]
+      if type(score) not in (int, float) or not 0.0 <= score <= 1.0:
+        raise DataError(f"{where}: sentiment {number} score {score!r} is not a number in [0, 1]")
+      scores.append(float(score))
+    triplets.append(Triplet(entities[sentiment["head"]].span, entities[sentiment["tail"]].span, sentiment["type"]))
+  return tuple(triplets), tuple(scores) if scored else None
 
 
 def _contiguous_span(indices: object, num_words: int, where: str, what: str) -> Span:
