@@ -5,7 +5,7 @@ import json
 import pytest
 
 from d2e2s_jax.data import parses, readers, writers
-from d2e2s_jax.data.examples import DataError, Example, Triplet
+from d2e2s_jax.data.examples import DataError, Entity, Example, Triplet
 from tests import test_data_support
 from tests.test_data_support import staff_example, validate_heads
 
@@ -163,6 +163,120 @@ def test_skip_invalid_counts_and_returns_the_errors(tmp_path):
   assert [e.id for e in readers.read_examples(path, skip_invalid=True)] == ["s0", "s2"]
   examples, errors = readers.read_examples_with_errors(path)
   assert len(examples) == 2 and [str(e).split(":")[0] for e in errors] == [f"{path}, record 1", f"{path}, record 3"]
+
+
+# ------------------------------------------------------------------ predictions
+
+
+def _released_prediction():
+  """A record as the released decoder writes one: no id, no parse, any entity pair."""
+  return {"tokens": ["the", "fresh", "juices", "are", "the", "best", "!"],
+          "entities": [{"type": "target", "start": 2, "end": 3}, {"type": "opinion", "start": 1, "end": 2},
+                       {"type": "target", "start": 1, "end": 3}, {"type": "opinion", "start": 5, "end": 6},
+                       {"type": "opinion", "start": 6, "end": 7}],
+          "sentiments": [{"type": "POSITIVE", "head": 2, "tail": 3, "score": 0.9},
+                         {"type": "POSITIVE", "head": 0, "tail": 2, "score": 0.5},  # tail typed target
+                         {"type": "INVALID", "head": 1, "tail": 3, "score": 1}]}  # head typed opinion
+
+
+def test_read_predictions_accepts_what_a_decoder_writes(tmp_path):
+  path = tmp_path / "predicted_test.json"
+  path.write_text(json.dumps([_released_prediction(), dict(_released_prediction(), sentiments=[])]))
+  scored, empty = readers.read_predictions(path)
+  assert scored.id == "predicted_test:0" and not scored.has_parse
+  assert scored.entities == (Entity("target", (2, 3)), Entity("opinion", (1, 2)), Entity("target", (1, 3)),
+                             Entity("opinion", (5, 6)), Entity("opinion", (6, 7)))  # (6, 7) in no triplet
+  assert scored.triplets == (Triplet((1, 3), (5, 6), "POSITIVE"), Triplet((2, 3), (1, 3), "POSITIVE"),
+                             Triplet((1, 2), (5, 6), "INVALID"))
+  assert scored.triplet_scores == (0.9, 0.5, 1.0)
+  assert empty.triplets == () and empty.triplet_scores is None and len(empty.entities) == 5
+  # The gold reader stays strict about the same file.
+  with pytest.raises(DataError, match=r"record 0: sentiment 1 tail is entity 2 of type 'target', expected 'opinion'"):
+    readers.read_examples(path)
+  # A gold file reads as predictions too (every entity kept, no scores).
+  gold_path = tmp_path / "gold.json"
+  gold_path.write_text(json.dumps([_record()]))
+  (predicted,) = readers.read_predictions(gold_path)
+  (gold,) = readers.read_examples(gold_path)
+  assert predicted.triplets == gold.triplets and predicted.triplet_scores is None and gold.entities is None
+  assert predicted.entities == (Entity("target", (1, 2)), Entity("opinion", (3, 4))) and predicted.has_parse
+
+
+def _with_sentiments(*sentiments):
+  return [_released_prediction() | {"sentiments": list(sentiments)}]
+
+
+PREDICTION_ERRORS = [case for case in JSON_ERRORS if case[0] != "swapped roles"] + [
+    ("unknown name", _with_sentiments({"type": "GREAT", "head": 0, "tail": 1}), r"sentiment 0 has unknown type 'GREAT'"),
+    ("score above 1", _with_sentiments({"type": "POSITIVE", "head": 0, "tail": 1, "score": 1.5}),
+     r"record 0: sentiment 0 score 1.5 is not a number in \[0, 1\]"),
+    ("score not a number", _with_sentiments({"type": "POSITIVE", "head": 0, "tail": 1, "score": "0.5"}),
+     r"sentiment 0 score '0.5' is not a number"),
+    ("score a boolean", _with_sentiments({"type": "POSITIVE", "head": 0, "tail": 1, "score": True}),
+     r"sentiment 0 score True is not a number"),
+    ("some scores", _with_sentiments({"type": "POSITIVE", "head": 0, "tail": 1, "score": 0.5},
+                                     {"type": "NEGATIVE", "head": 0, "tail": 3}),
+     r"sentiment 1 lacks a score, sentiment 0 has one"),
+    ("later score", _with_sentiments({"type": "POSITIVE", "head": 0, "tail": 1},
+                                     {"type": "NEGATIVE", "head": 0, "tail": 3, "score": 0.5}),
+     r"sentiment 1 has a score, sentiment 0 does not"),
+    ("index not int", _with_sentiments({"type": "POSITIVE", "head": "0", "tail": 1}),
+     r"sentiment 0 head '0' points at a missing entity \(the record has 5\)"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", PREDICTION_ERRORS, ids=[case[0] for case in PREDICTION_ERRORS])
+def test_prediction_errors_name_the_file_and_record(tmp_path, name, content, message):
+  del name
+  path = tmp_path / "bad.json"
+  path.write_text(content if isinstance(content, str) else json.dumps(content))
+  with pytest.raises(DataError, match=message) as raised:
+    readers.read_predictions(path)
+  assert str(raised.value).startswith(str(path)) and "\n" not in str(raised.value)
+
+
+def test_predictions_round_trip(tmp_path):
+  path = tmp_path / "in.json"
+  path.write_text(json.dumps([_released_prediction(), dict(_released_prediction(), sentiments=[]),
+                              _record(sentiments=[{"type": "INVALID", "head": 1, "tail": 1}])]))
+  predictions = readers.read_predictions(path)
+  parsed = predictions[2]
+  assert parsed.has_parse and parsed.triplets == (Triplet((3, 4), (3, 4), "INVALID"),)
+  unscored = Example(id="u", tokens=("a", "b"), triplets=(Triplet((0, 1), (1, 2), "NEUTRAL"),),
+                     entities=(Entity("target", (0, 1)), Entity("opinion", (1, 2))))
+  for examples in (predictions, [unscored]):
+    writers.write_examples(examples, tmp_path / "out.json")
+    again = readers.read_predictions(tmp_path / "out.json")
+    assert [e.id for e in again] == [e.id for e in examples]  # `orig_id` is written
+    assert again == examples
+  assert "score" not in json.loads((tmp_path / "out.json").read_text())[0]["sentiments"][0]
+
+
+def test_writer_points_sentiments_at_the_listed_entities(tmp_path):
+  # (0, 1) is listed twice: a head prefers the target, a tail the opinion.
+  example = Example(id="e", tokens=("a", "b", "c"),
+                    triplets=(Triplet((0, 1), (0, 1), "POSITIVE"), Triplet((2, 3), (0, 1), "NEGATIVE")),
+                    entities=(Entity("opinion", (0, 1)), Entity("target", (0, 1)), Entity("opinion", (2, 3))),
+                    triplet_scores=(0.25, 0.75))
+  record = writers.example_to_json_record(example)
+  assert record["entities"] == [{"type": "opinion", "start": 0, "end": 1}, {"type": "target", "start": 0, "end": 1},
+                                {"type": "opinion", "start": 2, "end": 3}]
+  assert record["sentiments"] == [{"type": "POSITIVE", "head": 1, "tail": 0, "score": 0.25},
+                                  {"type": "NEGATIVE", "head": 2, "tail": 0, "score": 0.75}]
+  missing = Example(id="m", tokens=("a", "b"), triplets=(Triplet((0, 1), (1, 2), "POSITIVE"),),
+                    entities=(Entity("target", (0, 1)),))
+  with pytest.raises(DataError, match=r"out.json, example 1 \(m\): triplet 0 tail span \[1, 2\] is none of the "
+                                      r"example's entities"):
+    writers.write_examples([example, missing], tmp_path / "out.json")
+  with pytest.raises(DataError, match=r"example 0 \(e\): triplet 0 sentiment 'INVALID' cannot be written"):
+    writers.write_examples([Example(id="e", tokens=("a", "b"), triplets=(Triplet((0, 1), (1, 2), "INVALID"),))],
+                           tmp_path / "out.txt", "aste_v2")
+
+
+def test_example_scores_align_with_triplets():
+  with pytest.raises(ValueError, match="example x: 1 triplet scores for 0 triplets"):
+    Example(id="x", tokens=("a",), triplet_scores=(0.5,))
+  assert Example(id="x", tokens=("a",), triplet_scores=()).triplet_scores is None
 
 
 def test_json_record_without_parse_or_id(tmp_path):

@@ -228,7 +228,7 @@ def _parse_sentiments(sentiments: object, entities: List[Entity], where: str,
                         f"{entities[entity_index].type!r}, expected {expected_type!r}")
     if predictions and ("score" in sentiment) != scored:
       raise DataError(f"{where}: sentiment {number} {'has' if 'score' in sentiment else 'lacks'} a score, sentiment 0 "
-                      f"{'does not' if scored else 'has one'} (give every sentiment a score or none)")
+                      f"{'has one' if scored else 'does not'} (give every sentiment a score or none)")
     if scored:
       score = sentiment["score"]
       if type(score) not in (int, float) or not 0.0 <= score <= 1.0:
