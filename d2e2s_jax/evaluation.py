@@ -17,7 +17,8 @@ Two ways in:
   at a time with decoded triplets (and, optionally, the term spans the span classifier
   kept, which may include spans that ended up in no triplet).
 * `score(gold_examples, predicted_examples)`, which aligns two lists of `Example`s by id
-  and fails, naming the id, when one side has a sentence the other lacks. A prediction
+  and fails, naming the id, when one side has a sentence the other lacks (or, with
+  `align="order"`, pairs them by position, for files without ids). A prediction
   with `entities` (as `readers.read_predictions` gives) has as its aspect and opinion
   terms its entities typed `target` and `opinion`, as the released code scores terms
   (every span classified target/opinion, in a triplet or not); one without has its
@@ -425,14 +426,18 @@ def _index_by_id(examples: Sequence[Example], source: str) -> Dict[str, Example]
   return by_id
 
 
+ALIGNMENTS = ("id", "order")
+
+
 def score(
     gold: Sequence[Example],
     predicted: Sequence[Example],
     *,
     gold_source: str = "gold",
     predicted_source: str = "predictions",
+    align: str = "id",
 ) -> Dict[str, PRF]:
-  """Scores predicted examples against gold examples, aligned by example id.
+  """Scores predicted examples against gold examples, aligned by example id or by order.
 
   Every gold sentence must have exactly one prediction (possibly with no triplets) and
   vice versa, with the same tokens: scoring a partial split would silently inflate or
@@ -440,9 +445,11 @@ def score(
 
   Args:
     gold: the gold examples of a full split.
-    predicted: the predicted examples, in any order.
+    predicted: the predicted examples (in any order when aligned by id).
     gold_source: how error messages name the gold side (usually its file path).
     predicted_source: how error messages name the predicted side.
+    align: "id" pairs examples by id; "order" pairs the i-th prediction with the i-th gold
+      example (the released code's prediction files carry no ids).
 
   Returns:
     `{"triplet": PRF, "aspect": PRF, "opinion": PRF}`.
@@ -450,22 +457,46 @@ def score(
   Raises:
     DataError: an id is repeated, a prediction has no gold example or vice versa, or the
       two sides disagree on a sentence's tokens.
+    ValueError: unknown `align`.
   """
+  if align == "id":
+    pairs = _pairs_by_id(gold, predicted, gold_source, predicted_source)
+  elif align == "order":
+    pairs = _pairs_by_order(gold, predicted, gold_source, predicted_source)
+  else:
+    raise ValueError(f"unknown alignment {align!r}; expected one of {ALIGNMENTS}")
+  scorer = TripletScorer()
+  for where, gold_example, prediction in pairs:
+    if tuple(prediction.tokens) != tuple(gold_example.tokens):
+      raise DataError(f"{predicted_source}: record {where} has different tokens from the gold record in {gold_source}")
+    scorer.add(gold_example.triplets, prediction.triplets, **predicted_terms(prediction))
+  return scorer.result()
+
+
+def _pairs_by_id(gold: Sequence[Example], predicted: Sequence[Example], gold_source: str,
+                 predicted_source: str) -> List[Tuple[str, Example, Example]]:
+  """(record name, gold, prediction) per gold example, matched by id."""
   gold_by_id = _index_by_id(gold, gold_source)
   predicted_by_id = _index_by_id(predicted, predicted_source)
   for example_id in predicted_by_id:
     if example_id not in gold_by_id:
       raise DataError(f"{predicted_source}: record {example_id!r} has no gold example in {gold_source}")
-  scorer = TripletScorer()
+  pairs = []
   for example_id, gold_example in gold_by_id.items():
-    prediction = predicted_by_id.get(example_id)
-    if prediction is None:
+    if example_id not in predicted_by_id:
       raise DataError(f"{predicted_source}: no prediction for gold record {example_id!r} of {gold_source}")
-    if tuple(prediction.tokens) != tuple(gold_example.tokens):
-      raise DataError(
-          f"{predicted_source}: record {example_id!r} has different tokens from the gold record in {gold_source}")
-    scorer.add(gold_example.triplets, prediction.triplets, **predicted_terms(prediction))
-  return scorer.result()
+    pairs.append((repr(example_id), gold_example, predicted_by_id[example_id]))
+  return pairs
+
+
+def _pairs_by_order(gold: Sequence[Example], predicted: Sequence[Example], gold_source: str,
+                    predicted_source: str) -> List[Tuple[str, Example, Example]]:
+  """(record name, gold, prediction) per position."""
+  if len(gold) != len(predicted):
+    raise DataError(f"{predicted_source}: {len(predicted)} records but {gold_source} has {len(gold)} (aligned by "
+                    f"order, the two files must hold the same sentences in the same order)")
+  return [(str(index), gold_example, prediction)
+          for index, (gold_example, prediction) in enumerate(zip(gold, predicted))]
 
 
 def predicted_terms(prediction: Example) -> Dict[str, Optional[List[Span]]]:

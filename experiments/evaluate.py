@@ -1,6 +1,12 @@
 """Scores a predictions file against a gold file, both in the D2E2S JSON format.
 
   python -m experiments.evaluate --gold=test.json --predictions=predicted_test.json
+  python -m experiments.evaluate --gold=test.json --predictions=released.json --align=order
+
+The predictions are read with `readers.read_predictions` (ours or the released code's
+files: a sentiment may pair any two entities, INVALID triplets count as false positives,
+aspect and opinion terms are the entities typed target and opinion); the gold file with
+`readers.read_examples` (strict).
 
 Prints one JSON object to stdout:
   {"triplet": {"precision": .., "recall": .., "f1": .., "gold": .., "predicted": ..,
@@ -24,6 +30,9 @@ _GOLD = flags.DEFINE_string("gold", None, "Gold examples, D2E2S JSON.", required
 _PREDICTIONS = flags.DEFINE_string(
     "predictions", None, "Predicted examples, D2E2S JSON as `readers.read_predictions` reads it (ours or the released "
     "code's: sentiments may pair any two entities, INVALID allowed, optional scores).", required=True)
+_ALIGN = flags.DEFINE_enum(
+    "align", "id", evaluation.ALIGNMENTS, "How predictions meet gold records: by `orig_id`, or by order (the i-th "
+    "prediction is the i-th gold record; the released code's prediction files carry no ids).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -32,7 +41,8 @@ def main(argv: Sequence[str]) -> None:
   try:
     gold = read_examples(_GOLD.value, format="d2e2s")
     predicted = read_predictions(_PREDICTIONS.value)
-    scores = evaluation.score(gold, predicted, gold_source=_GOLD.value, predicted_source=_PREDICTIONS.value)
+    scores = evaluation.score(gold, predicted, gold_source=_GOLD.value, predicted_source=_PREDICTIONS.value,
+                              align=_ALIGN.value)
   except DataError as error:
     # The reader reports a missing or unreadable file as a DataError naming it, too.
     print(f"error: {error}", file=sys.stderr)

@@ -12,9 +12,10 @@ import sys
 import pytest
 
 from d2e2s_jax import evaluation
-from d2e2s_jax.data.examples import DataError, Example, Triplet
+from d2e2s_jax.data.examples import DataError, Entity, Example, Triplet
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+INVALID = "INVALID"
 
 
 def _t(aspect, opinion, sentiment="POSITIVE"):
@@ -158,6 +159,34 @@ def test_score_rejects_repeated_ids_and_token_mismatch():
     evaluation.score(gold, changed)
 
 
+def test_score_takes_a_predictions_terms_from_its_typed_entities():
+  gold = [Example(id="s", tokens=("a", "b", "c", "d"), triplets=(_t((0, 1), (2, 3)),))]
+  # The triplet pairs two targets; the entities say what the span classifier typed.
+  prediction = Example(id="s", tokens=gold[0].tokens, triplets=(_t((0, 1), (1, 2)), _t((0, 1), (2, 3), INVALID)),
+                       entities=(Entity("target", (0, 1)), Entity("target", (1, 2)), Entity("opinion", (2, 3)),
+                                 Entity("opinion", (3, 4))))
+  scores = evaluation.score(gold, [prediction])
+  assert scores["triplet"] == evaluation.PRF(gold=1, predicted=2, correct=0)  # INVALID is a false positive
+  assert scores["aspect"] == evaluation.PRF(gold=1, predicted=2, correct=1)  # (0, 1), (1, 2)
+  assert scores["opinion"] == evaluation.PRF(gold=1, predicted=2, correct=1)  # (2, 3), (3, 4)
+  # Without entities the terms are the triplets' spans: opinions (1, 2) and (2, 3).
+  without = evaluation.score(gold, [Example(id="s", tokens=gold[0].tokens, triplets=prediction.triplets)])
+  assert without["aspect"] == evaluation.PRF(gold=1, predicted=1, correct=1)
+  assert without["opinion"] == evaluation.PRF(gold=1, predicted=2, correct=1)
+
+
+def test_score_by_order_pairs_records_by_position():
+  gold, predicted = _examples(GOLD), _examples(PREDICTED, prefix="other")
+  assert evaluation.score(gold, predicted, align="order") == _score(GOLD, PREDICTED)
+  with pytest.raises(DataError, match=r"^pred.json: 2 records but gold.json has 3 \(aligned by order"):
+    evaluation.score(gold, predicted[:2], gold_source="gold.json", predicted_source="pred.json", align="order")
+  with pytest.raises(DataError, match=r"^pred.json: record 0 has different tokens from the gold record in gold"):
+    evaluation.score(gold, [Example(id="x", tokens=("a",))] + predicted[1:], predicted_source="pred.json",
+                     align="order")
+  with pytest.raises(ValueError, match="unknown alignment 'name'"):
+    evaluation.score(gold, predicted, align="name")
+
+
 def test_scores_as_dict_has_the_documented_keys():
   result = evaluation.scores_as_dict(_score(GOLD, PREDICTED))
   assert sorted(result) == ["aspect", "opinion", "triplet"]
@@ -218,6 +247,81 @@ def test_evaluate_cli_reports_a_missing_file(gold_and_predictions, tmp_path):
   assert result.returncode == 1
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and str(missing) in lines[0]
+
+
+def _entities(*typed_spans):
+  return [{"type": entity_type, "start": start, "end": end} for entity_type, start, end in typed_spans]
+
+
+def _sentiments(*rows):
+  return [{"type": name, "head": head, "tail": tail, "score": score} for name, head, tail, score in rows]
+
+
+TOKENS = [["the", "fresh", "juices", "are", "the", "best", "but", "service", "slow", "."],
+          ["pasta", "was", "fine", "and", "bread", "."]]
+# Released-style predictions: no ids (aligned by order), no parse, every entity the span
+# classifier typed listed whether paired or not, and scores.
+RELEASED_STYLE = [
+    {"tokens": TOKENS[0],
+     "entities": _entities(("target", 2, 3), ("target", 1, 3), ("opinion", 5, 6), ("target", 7, 8), ("opinion", 8, 9),
+                           ("opinion", 1, 2)),  # "fresh" (1, 2) is in no triplet
+     "sentiments": _sentiments(("POSITIVE", 1, 2, 0.9),  # correct
+                               ("POSITIVE", 0, 1, 0.6),  # tail "fresh juices" is typed target: wrong
+                               ("INVALID", 3, 4, 0.45),  # INVALID: a false positive
+                               ("NEGATIVE", 3, 4, 0.8))},  # correct
+    {"tokens": TOKENS[1],
+     "entities": _entities(("target", 0, 1), ("opinion", 2, 3), ("target", 4, 5)),  # "bread" in no triplet
+     "sentiments": _sentiments(("NEUTRAL", 0, 1, 0.7))},  # wrong sentiment
+]
+
+
+def test_evaluate_cli_scores_a_released_style_predictions_file(tmp_path):
+  from d2e2s_jax.data.writers import write_examples  # pylint: disable=import-outside-toplevel
+  gold_path, predicted_path = tmp_path / "gold.json", tmp_path / "predicted_test_epoch_63.json"
+  write_examples([Example(id="g0", tokens=tuple(TOKENS[0]),
+                          triplets=(_t((1, 3), (5, 6)), _t((7, 8), (8, 9), "NEGATIVE"))),
+                  Example(id="g1", tokens=tuple(TOKENS[1]), triplets=(_t((0, 1), (2, 3)),))], gold_path)
+  predicted_path.write_text(json.dumps(RELEASED_STYLE))
+  result = _run_evaluate(f"--gold={gold_path}", f"--predictions={predicted_path}", "--align=order")
+  assert result.returncode == 0, result.stderr
+  printed = json.loads(result.stdout)
+  counts = {name: (value["gold"], value["predicted"], value["correct"]) for name, value in printed.items()}
+  # Triplets: gold 2 + 1; predicted 4 + 1 (INVALID and the target-target pair included);
+  # correct 2. Aspects (entities typed target): gold {(1,3),(7,8)}, {(0,1)}; predicted
+  # {(2,3),(1,3),(7,8)}, {(0,1),(4,5)}; correct 3. Opinions (typed opinion): gold
+  # {(5,6),(8,9)}, {(2,3)}; predicted {(5,6),(8,9),(1,2)}, {(2,3)}; correct 3.
+  assert counts == {"triplet": (3, 5, 2), "aspect": (3, 5, 3), "opinion": (3, 4, 3)}
+  assert printed["triplet"]["precision"] == pytest.approx(40.0)
+  assert printed["triplet"]["recall"] == pytest.approx(200.0 / 3)
+  assert printed["triplet"]["f1"] == pytest.approx(50.0)
+  assert printed["aspect"]["f1"] == pytest.approx(75.0)
+  assert printed["opinion"]["f1"] == pytest.approx(600.0 / 7)  # P 75, R 100
+  # By id (the default) the id-less records are named, in one line.
+  result = _run_evaluate(f"--gold={gold_path}", f"--predictions={predicted_path}")
+  assert result.returncode == 1
+  assert result.stderr.strip() == (f"error: {predicted_path}: record 'predicted_test_epoch_63:0' has no gold example "
+                                   f"in {gold_path}")
+
+
+BAD_PREDICTIONS = [
+    ("score outside [0, 1]", {"score": 1.5}, "sentiment 0 score 1.5 is not a number in [0, 1]"),
+    ("unknown sentiment", {"type": "GREAT"},
+     "sentiment 0 has unknown type 'GREAT'; expected one of ('NEUTRAL', 'POSITIVE', 'NEGATIVE', 'INVALID')"),
+    ("missing entity", {"tail": 6}, "sentiment 0 tail 6 points at a missing entity (the record has 3)"),
+]
+
+
+@pytest.mark.parametrize("name,change,message", BAD_PREDICTIONS, ids=[case[0] for case in BAD_PREDICTIONS])
+def test_evaluate_cli_reports_a_bad_prediction_in_one_line(tmp_path, name, change, message):
+  del name
+  records = json.loads(json.dumps(RELEASED_STYLE))
+  records[1]["sentiments"][0].update(change)
+  gold_path, predicted_path = tmp_path / "gold.json", tmp_path / "pred.json"
+  gold_path.write_text(json.dumps([{"tokens": tokens, "entities": [], "sentiments": []} for tokens in TOKENS]))
+  predicted_path.write_text(json.dumps(records))
+  result = _run_evaluate(f"--gold={gold_path}", f"--predictions={predicted_path}", "--align=order")
+  assert result.returncode == 1 and result.stdout == ""
+  assert result.stderr.strip() == f"error: {predicted_path}, record 1: {message}"
 
 
 def test_evaluate_cli_on_a_benchmark_split_against_itself(shared_data_dir):
