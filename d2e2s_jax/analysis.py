@@ -1,8 +1,9 @@
 """Error analysis of triplet predictions against gold: scores, error categories, buckets.
 
 `analyze(gold, [(source, predictions), ...])` aligns each predictions file with the gold
-examples by id (through `evaluation.score`, which also makes the checks: no repeated,
-missing or extra id, the same tokens) and builds an `Analysis`; `render_html` turns it
+examples by id, or by order for files without ids (through `evaluation.score`, which also
+makes the checks: no repeated, missing or extra id, the same number of records, the same
+tokens) and builds an `Analysis`; `render_html` turns it
 into one self-contained page (inline CSS, no script, no external resource) and
 `render_markdown` into the summary that `experiments/analyze.py` prints. Every score,
 bucketed or not, is `evaluation.score` of the examples concerned.
@@ -259,14 +260,14 @@ def _only_triplets(example: Example, keep: Callable[[Triplet], bool]) -> Example
   return Example(id=example.id, tokens=example.tokens, triplets=tuple(t for t in example.triplets if keep(t)))
 
 
-def _span_buckets(gold: Sequence[Example], predicted: Sequence[Example], role: str, gold_source: str,
-                  predicted_source: str) -> Dict[str, Dict[str, PRF]]:
+def _span_buckets(gold: Sequence[Example], predicted: Sequence[Example], role: str,
+                  **sources: str) -> Dict[str, Dict[str, PRF]]:
+  """Triplet scores by the length of each triplet's `role` span; `predicted` in gold order."""
   buckets = {}
   for bucket in SPAN_LENGTH_BUCKETS:
     keep = lambda triplet, bucket=bucket: _length_bucket(getattr(triplet, role)) == bucket
     buckets[bucket] = evaluation.score([_only_triplets(e, keep) for e in gold],
-                                       [_only_triplets(e, keep) for e in predicted], gold_source=gold_source,
-                                       predicted_source=predicted_source)
+                                       [_only_triplets(e, keep) for e in predicted], align="order", **sources)
   return buckets
 
 
@@ -292,11 +293,15 @@ def _sentence_report(gold: Example, prediction: Example) -> Tuple[SentenceReport
   return SentenceReport(gold.id, gold.tokens, gold_triplets, predicted, tuple(marked)), errors
 
 
-def _analyze_file(label: str, source: str, gold: Sequence[Example], predicted: Sequence[Example],
-                  gold_source: str) -> FileAnalysis:
-  scores = evaluation.score(gold, predicted, gold_source=gold_source, predicted_source=source)
-  by_id = {example.id: example for example in predicted}
-  aligned = [by_id[example.id] for example in gold]
+def _analyze_file(label: str, source: str, gold: Sequence[Example], predicted: Sequence[Example], gold_source: str,
+                  align: str) -> FileAnalysis:
+  sources = {"gold_source": gold_source, "predicted_source": source}
+  scores = evaluation.score(gold, predicted, align=align, **sources)  # also checks the alignment
+  if align == "id":
+    by_id = {example.id: example for example in predicted}
+    aligned = [by_id[example.id] for example in gold]
+  else:
+    aligned = list(predicted)
   reports, counts, explained = [], dict.fromkeys(ERROR_CATEGORIES, 0), 0
   for gold_example, prediction in zip(gold, aligned):
     report, errors = _sentence_report(gold_example, prediction)
@@ -311,11 +316,11 @@ def _analyze_file(label: str, source: str, gold: Sequence[Example], predicted: S
     rows = [position for position, name in enumerate(count_buckets) if name == bucket]
     by_triplet_count[bucket] = (len(rows),
                                 evaluation.score([gold[i] for i in rows], [aligned[i] for i in rows],
-                                                 gold_source=gold_source, predicted_source=source))
+                                                 align="order", **sources))
   return FileAnalysis(label=label, source=source, scores=scores, error_counts=counts, explained_gold=explained,
                       sentences=tuple(reports), by_triplet_count=by_triplet_count,
-                      by_aspect_length=_span_buckets(gold, aligned, "aspect", gold_source, source),
-                      by_opinion_length=_span_buckets(gold, aligned, "opinion", gold_source, source))
+                      by_aspect_length=_span_buckets(gold, aligned, "aspect", **sources),
+                      by_opinion_length=_span_buckets(gold, aligned, "opinion", **sources))
 
 
 def _difference(first: FileAnalysis, second: FileAnalysis) -> Difference:
@@ -335,7 +340,7 @@ def _difference(first: FileAnalysis, second: FileAnalysis) -> Difference:
 
 
 def analyze(gold: Sequence[Example], predictions: Sequence[Tuple[str, Sequence[Example]]],
-            gold_source: str = "gold") -> Analysis:
+            gold_source: str = "gold", align: str = "id") -> Analysis:
   """Analyzes one or more predictions files against the gold examples.
 
   Args:
@@ -343,19 +348,22 @@ def analyze(gold: Sequence[Example], predictions: Sequence[Tuple[str, Sequence[E
     predictions: (source, predicted examples) per predictions file; the source (its
       path) names the file in errors and in the report.
     gold_source: how errors and the report name the gold file.
+    align: "id" pairs each prediction with the gold example of its id, "order" the i-th
+      prediction with the i-th gold example (`evaluation.ALIGNMENTS`).
 
   Returns:
     The `Analysis` (files labelled A, B, ... in the order given).
 
   Raises:
     DataError: a file repeats an id, lacks a gold id, has an id the gold lacks, or has
-      other tokens for a sentence (`evaluation.score`'s checks).
-    ValueError: no predictions file.
+      other tokens for a sentence, or (by order) has another number of records
+      (`evaluation.score`'s checks).
+    ValueError: no predictions file, or an unknown `align`.
   """
   if not predictions:
     raise ValueError("analyze needs at least one predictions file")
   files = tuple(
-      _analyze_file(_label(position), source, gold, predicted, gold_source)
+      _analyze_file(_label(position), source, gold, predicted, gold_source, align)
       for position, (source, predicted) in enumerate(predictions))
   differences = tuple(
       _difference(files[i], files[j]) for i in range(len(files)) for j in range(i + 1, len(files)))

@@ -308,6 +308,27 @@ def test_classification_order():
   assert errors.missed == (t((0, 1), (2, 3)),) and errors.explained == {}
 
 
+def test_one_id_less_file_aligned_by_order(tmp_path):
+  gold = _write(tmp_path / "gold.json", GOLD)
+  records = [_record(key, value, EXTRA_ASPECTS_A.get(key, ())) for key, value in PREDICTIONS_A.items()]
+  for record in records:
+    del record["orig_id"]  # as the released code writes them
+  released = tmp_path / "released.json"
+  released.write_text(json.dumps(records), encoding="utf-8")
+  output = tmp_path / "report.html"
+  result = _run(f"--gold={gold}", f"--predictions={released}", f"--output={output}", "--align=order")
+  assert result.returncode == 0, result.stderr
+  page = _Page()
+  page.feed(output.read_text(encoding="utf-8"))
+  assert _rows(page, "scores", 0, 2)[("A", "triplet")][3:] == ["40.00", "25.00", "30.77", "2", "5", "8"]
+  assert _rows(page, "errors", 0)[("missed",)][1:] == ["4"]
+  assert {i["sentence"] for i in page.items} == set(GOLD)  # the gold ids
+  assert "differences" not in page.tables and "scores-side-by-side" not in page.tables
+  assert "## Differences" not in result.stdout
+  _one_error_line(_run(f"--gold={gold}", f"--predictions={released}", f"--output={output}"), str(released),
+                  "has no gold example")
+
+
 def _one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
   assert result.returncode == 1, result.stderr
   lines = [line for line in result.stderr.splitlines() if line.strip()]
