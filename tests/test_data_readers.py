@@ -112,16 +112,6 @@ JSON_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("name,content,message", JSON_ERRORS, ids=[case[0] for case in JSON_ERRORS])
-def test_json_errors_name_the_file_and_record(tmp_path, name, content, message):
-  del name
-  path = tmp_path / "bad.json"
-  path.write_text(content if isinstance(content, str) else json.dumps(content))
-  with pytest.raises(DataError, match=message) as raised:
-    readers.read_examples(path)
-  assert str(raised.value).startswith(str(path)) and "\n" not in str(raised.value)
-
-
 TEXT_ERRORS = [
     ("no separator", "the food", r"line 2: missing the '####'"),
     ("bad list", "the food####[([1], [0], 'POS'", r"line 2: cannot parse the triplet list"),
@@ -225,13 +215,18 @@ PREDICTION_ERRORS = [case for case in JSON_ERRORS if case[0] != "swapped roles"]
 ]
 
 
-@pytest.mark.parametrize("name,content,message", PREDICTION_ERRORS, ids=[case[0] for case in PREDICTION_ERRORS])
-def test_prediction_errors_name_the_file_and_record(tmp_path, name, content, message):
+# Gold files through read_examples, prediction files through read_predictions.
+READER_ERRORS = ([("gold",) + case for case in JSON_ERRORS] + [("predictions",) + case for case in PREDICTION_ERRORS])
+
+
+@pytest.mark.parametrize("reader,name,content,message", READER_ERRORS, ids=[f"{c[0]}-{c[1]}" for c in READER_ERRORS])
+def test_json_errors_name_the_file_and_record(tmp_path, reader, name, content, message):
   del name
   path = tmp_path / "bad.json"
   path.write_text(content if isinstance(content, str) else json.dumps(content))
+  read = readers.read_examples if reader == "gold" else readers.read_predictions
   with pytest.raises(DataError, match=message) as raised:
-    readers.read_predictions(path)
+    read(path)
   assert str(raised.value).startswith(str(path)) and "\n" not in str(raised.value)
 
 
