@@ -407,8 +407,10 @@ def step_part(args: argparse.Namespace, name: str, save: Save) -> Dict[str, Any]
                              "vocab": args.vocab}
   figures.update(peak_tflops(args, figures["device_kind"], compute_dtype))
   encoder_config = memory_plan.encoder_config(args)
-  config = TrainConfig(encoder="scratch", remat_policy=remat, compute_dtype=compute_dtype,
-                       hidden_dim=args.hidden // 2, attention_heads=args.head_attention_heads, mesh="data:1",
+  # A from-scratch encoder of the benchmark's sizes (memory_plan.encoder_config; checked by the settings).
+  config = TrainConfig(encoder="scratch", scratch_hidden_size=args.hidden, scratch_heads=args.heads,
+                       scratch_layers=args.layers, scratch_intermediate_size=args.ffn,
+                       remat_policy=remat, compute_dtype=compute_dtype, hidden_dim=args.hidden // 2, attention_heads=args.head_attention_heads, mesh="data:1",
                        batch_size=args.batch, seed=args.seed, **optimizer_overrides)
   model_config = config.model_config(encoder_config)
   model = d2e2s.D2E2S(model_config)

@@ -269,8 +269,10 @@ def gradient_memory(model, model_config, abstract_state, abstract_batch, state_s
 def plan_variant(args: argparse.Namespace, name: str) -> Dict[str, float]:
   """Compiles the training step of one variant and returns its per-device memory figures."""
   mesh_spec, remat, compute_dtype, optimizer_overrides = VARIANTS[name]
-  config = TrainConfig(encoder="scratch", remat_policy=remat, compute_dtype=compute_dtype,
-                       hidden_dim=args.head_hidden, attention_heads=args.head_attention_heads, mesh=mesh_spec,
+  # A from-scratch encoder of the benchmark's sizes (`encoder_config`; checked by the settings).
+  config = TrainConfig(encoder="scratch", scratch_hidden_size=args.hidden, scratch_heads=args.heads,
+                       scratch_layers=args.layers, scratch_intermediate_size=args.ffn,
+                       remat_policy=remat, compute_dtype=compute_dtype, hidden_dim=args.head_hidden, attention_heads=args.head_attention_heads, mesh=mesh_spec,
                        batch_size=args.batch,
                        **{k: v for k, v in optimizer_overrides.items() if k in ("moment_dtype", "second_moment")})
   model_config = config.model_config(encoder_config(args))
