@@ -42,7 +42,7 @@ def example_to_json_record(example: Example, where: str = "") -> Dict[str, objec
     entities, sentiments = _listed_entities(example, where or example.id)
   if example.triplet_scores is not None:
     for sentiment, score in zip(sentiments, example.triplet_scores):
-      sentiment["score"] = score
+      sentiment["score"] = float(score)
   record: Dict[str, object] = {"tokens": list(example.tokens), "entities": entities, "sentiments": sentiments}
   if example.pos_tags is not None:
     record["pos"] = [[word, tag] for word, tag in zip(example.parse_words, example.pos_tags)]
@@ -53,7 +53,7 @@ def example_to_json_record(example: Example, where: str = "") -> Dict[str, objec
 
 
 def _entity_record(entity_type: str, span: Tuple[int, int]) -> Dict[str, object]:
-  return {"type": entity_type, "start": span[0], "end": span[1]}
+  return {"type": entity_type, "start": int(span[0]), "end": int(span[1])}  # numpy ints from a decoder too
 
 
 def _entities_from_triplets(example: Example) -> Tuple[List[Dict[str, object]], List[Dict[str, object]]]:
