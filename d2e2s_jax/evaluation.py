@@ -427,6 +427,9 @@ def _index_by_id(examples: Sequence[Example], source: str) -> Dict[str, Example]
 
 
 ALIGNMENTS = ("id", "order")
+# The entry points' `--align` help (experiments.evaluate, experiments.analyze).
+ALIGNMENT_HELP = ("How predictions meet gold records: by `orig_id`, or by order (the i-th prediction is the i-th "
+                  "gold record; the released code's prediction files carry no ids).")
 
 
 def score(

@@ -18,6 +18,19 @@ from typing import Any, Callable, Union
 PathLike = Union[str, os.PathLike]
 
 
+def _umask() -> int:
+  """The process's umask, read without changing it where /proc tells it (Linux)."""
+  try:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+      if line.startswith("Umask:"):
+        return int(line.split()[1], 8)
+  except OSError:
+    pass
+  umask = os.umask(0o022)  # elsewhere: set and restore at once
+  os.umask(umask)
+  return umask
+
+
 def write_atomic(path: PathLike, write: Callable[[str], None], suffix: str = ".tmp") -> None:
   """Calls `write(temporary_path)`, then renames the temporary file to `path`.
 
@@ -30,6 +43,8 @@ def write_atomic(path: PathLike, write: Callable[[str], None], suffix: str = ".t
   os.close(handle)
   try:
     write(temporary)
+    # mkstemp makes the file owner-only; give it the mode a plain open() would.
+    os.chmod(temporary, 0o666 & ~_umask())
     os.replace(temporary, path)
   except BaseException:
     if os.path.exists(temporary):

@@ -55,7 +55,7 @@ import os
 import pathlib
 import shutil
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -330,6 +330,33 @@ class Predictor:
     Raises:
       InferenceError: raw text or word lists were given and there is no parser.
     """
+    records = []
+    for sentence, outcome in zip(sentences, self._predict(sentences)):
+      if isinstance(outcome, dict):  # an error record
+        records.append(outcome)
+        continue
+      example, predicted = outcome
+      record = {"text": _text_of(sentence), "tokens": list(example.tokens),
+                "triplets": _triplet_records(predicted, example.tokens)}
+      if isinstance(sentence, Example):
+        record["id"] = example.id
+      records.append(record)
+    return records
+
+  def predict_examples(self, sentences: Sequence[Sentence]) -> List[Union[Example, Dict[str, Any]]]:
+    """Each sentence's prediction as an `Example` of a D2E2S JSON predictions file.
+
+    The records training writes (`prediction.as_example`: every triplet with its score,
+    INVALID ones included as the evaluation counts them, and the typed term spans as
+    `entities`), with the sentence's id and parse; `{"text", "error"}` in place of a
+    sentence that cannot be predicted. Raises as `predict`.
+    """
+    return [outcome if isinstance(outcome, dict) else prediction.as_example(*outcome)
+            for outcome in self._predict(sentences)]
+
+  def _predict(self, sentences: Sequence[Sentence]) -> List[Union[Tuple[Example, prediction.SentencePrediction],
+                                                                  Dict[str, Any]]]:
+    """Per sentence, (its parsed example, its prediction) or an error record."""
     records: List[Optional[Dict[str, Any]]] = [None] * len(sentences)
     examples: List[Optional[Example]] = [None] * len(sentences)
     to_parse: List[int] = []
@@ -382,21 +409,13 @@ class Predictor:
       encoded.append(encoding.encode_example(example, self._word_encoder, max_length=self.config.max_length,
                                              index=len(encoded)))
       positions.append(index)
-    for position, triplets in zip(positions, self._predict_encoded(encoded)):
-      example = examples[position]
-      record = {"text": _text_of(sentences[position]), "tokens": list(example.tokens), "triplets": triplets}
-      if isinstance(sentences[position], Example):
-        record["id"] = example.id
-      records[position] = record
-    return records  # type: ignore[return-value]
-
-  def _predict_encoded(self, encoded: Sequence[encoding.EncodedExample]) -> List[List[Dict[str, Any]]]:
-    """Per sentence, its triplet dicts (the one prediction path, `prediction.predict`)."""
-    if not encoded:
-      return []
-    planned = batching.plan_dataset(encoded, self.batch_config, train=False).with_shapes(self._shapes)
-    predicted = prediction.predict(self.predict_step, self.params, encoded, self.batch_config, self.mesh, planned)
-    return [_triplet_records(sentence, item.example.tokens) for sentence, item in zip(predicted, encoded)]
+    outcomes: List[Any] = list(records)
+    if encoded:  # the one prediction path
+      planned = batching.plan_dataset(encoded, self.batch_config, train=False).with_shapes(self._shapes)
+      predicted = prediction.predict(self.predict_step, self.params, encoded, self.batch_config, self.mesh, planned)
+      for position, sentence_prediction in zip(positions, predicted):
+        outcomes[position] = (examples[position], sentence_prediction)
+    return outcomes
 
   def save_bundle(self, output_dir: PathLike, *, parser: Any = None, overwrite: bool = False,
                   provenance: Optional[Dict[str, Any]] = None) -> pathlib.Path:

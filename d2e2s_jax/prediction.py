@@ -9,20 +9,24 @@ Training evaluation (`d2e2s_jax.training.trainer`), prediction files and
 3. `decoding.fetch_host_outputs` (only the arrays the host reads) and
    `decoding.host_predictions`: one `SentencePrediction` per sentence, in dataset order.
 
-`score` turns predictions into the triplet, aspect and opinion scores of a split.
+`score` turns predictions into the triplet, aspect and opinion scores of a split;
+`as_example` / `write_predictions` into a D2E2S JSON predictions file that
+`experiments.evaluate` scores to exactly the same numbers.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
 import numpy as np
 
 from d2e2s_jax import evaluation
-from d2e2s_jax.data import batching, encoding
-from d2e2s_jax.data.examples import Example
+from d2e2s_jax.data import batching, encoding, writers
+from d2e2s_jax.data.examples import OPINION, TARGET, Entity, Example
 from d2e2s_jax.models import decoding
 from d2e2s_jax.models.decoding import SentencePrediction
 from d2e2s_jax.training import sharding
@@ -84,3 +88,27 @@ def score(examples: Sequence[Example], predictions: Sequence[SentencePrediction]
     scorer.add_codes(example.triplets, prediction.triplet_codes, prediction.codec,
                      predicted_aspects=prediction.aspect_codes, predicted_opinions=prediction.opinion_codes)
   return evaluation.scores_as_dict(scorer.result())
+
+
+def as_example(example: Example, predicted: SentencePrediction) -> Example:
+  """A sentence's prediction as an `Example` of a predictions file.
+
+  The sentence's id, words and parse, every predicted triplet (those of the INVALID
+  output too: the evaluation counts them, as released) with its score, and as
+  `entities` every span the model typed target or opinion, paired or not (targets first,
+  each type in span order): what the aspect and opinion term scores count.
+  """
+  scored = predicted.scored_triplets()
+  codec = predicted.codec
+  entities = tuple(Entity(TARGET, span) for span in codec.span_list(predicted.aspect_codes)) + tuple(
+      Entity(OPINION, span) for span in codec.span_list(predicted.opinion_codes))
+  return dataclasses.replace(example, triplets=tuple(triplet for triplet, _ in scored),
+                             triplet_scores=tuple(float(score) for _, score in scored), entities=entities)
+
+
+def write_predictions(examples: Sequence[Example], predictions: Sequence[SentencePrediction],
+                      path: Union[str, os.PathLike]) -> None:
+  """Writes a split's predictions as a D2E2S JSON predictions file (`as_example` per sentence)."""
+  if len(examples) != len(predictions):
+    raise ValueError(f"{len(predictions)} predictions for {len(examples)} examples")
+  writers.write_examples([as_example(e, p) for e, p in zip(examples, predictions)], path, "d2e2s")

@@ -29,9 +29,7 @@ _PREDICTIONS = flags.DEFINE_multi_string("predictions", None,
                                          "Predicted examples, D2E2S JSON; repeat to compare files (A, B, ...).",
                                          required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "The HTML report to write.", required=True)
-_ALIGN = flags.DEFINE_enum(
-    "align", "id", evaluation.ALIGNMENTS, "How predictions meet gold records: by `orig_id`, or by order (the i-th "
-    "prediction is the i-th gold sentence; for files without ids, such as the released code's).")
+_ALIGN = flags.DEFINE_enum("align", "id", evaluation.ALIGNMENTS, evaluation.ALIGNMENT_HELP)
 
 
 def main(argv: Sequence[str]) -> None:

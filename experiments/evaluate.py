@@ -30,9 +30,7 @@ _GOLD = flags.DEFINE_string("gold", None, "Gold examples, D2E2S JSON.", required
 _PREDICTIONS = flags.DEFINE_string(
     "predictions", None, "Predicted examples, D2E2S JSON as `readers.read_predictions` reads it (ours or the released "
     "code's: sentiments may pair any two entities, INVALID allowed, optional scores).", required=True)
-_ALIGN = flags.DEFINE_enum(
-    "align", "id", evaluation.ALIGNMENTS, "How predictions meet gold records: by `orig_id`, or by order (the i-th "
-    "prediction is the i-th gold record; the released code's prediction files carry no ids).")
+_ALIGN = flags.DEFINE_enum("align", "id", evaluation.ALIGNMENTS, evaluation.ALIGNMENT_HELP)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -13,6 +13,12 @@ written by `python -m experiments.export`. Each input sentence gives one line:
   {"text": ..., "error": ...}
 for a sentence that cannot be predicted (empty, too long); the others go on.
 
+`--output_format=d2e2s` writes instead one D2E2S JSON predictions file, the format of a
+training run's `predictions/<split>_best.json` (every triplet with its `score`, INVALID
+ones included as the evaluation counts them; every span typed target / opinion as an
+entity; the sentences' ids and parses): `experiments.evaluate` and `experiments.analyze`
+read it. A sentence that cannot be predicted ends the run with one line instead.
+
 Raw text (`--text`, `--input_format=text`: one sentence per line) needs a dependency
 parser: `--parser` (a spaCy pipeline directory, e.g. from `experiments.train_parser`, or
 an installed pipeline name), or the one a bundle carries. D2E2S JSON input carries its
@@ -36,7 +42,12 @@ _INPUT = flags.DEFINE_string("input", None, "A file of sentences (see --input_fo
 _INPUT_FORMAT = flags.DEFINE_enum("input_format", "text", ["text", "d2e2s"],
                                   "text: one raw sentence per line (needs a parser); d2e2s: D2E2S JSON with "
                                   "parses.")
-_OUTPUT = flags.DEFINE_string("output", None, "JSON lines output file (written atomically); default stdout.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output file (written atomically); default stdout.")
+_OUTPUT_FORMAT = flags.DEFINE_enum("output_format", "jsonl", ["jsonl", "d2e2s"],
+                                   "jsonl: one JSON line per sentence (an error record for a sentence that cannot "
+                                   "be predicted); d2e2s: a D2E2S JSON predictions file as training writes "
+                                   "(predictions/<split>_best.json), for experiments.evaluate / analyze; any "
+                                   "sentence that cannot be predicted is then an error.")
 _PARSER = flags.DEFINE_string("parser", None, "spaCy pipeline directory or installed name; default: the "
                               "bundle's parser, if any.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of a training workdir.")
@@ -90,10 +101,29 @@ def main(argv: Sequence[str]) -> None:
           stream.write(json.dumps(record, ensure_ascii=False) + "\n")
         progress.update(len(chunk))
 
+  def d2e2s_text() -> str:
+    from d2e2s_jax.data import writers  # pylint: disable=import-outside-toplevel
+    from d2e2s_jax.data.examples import DataError  # pylint: disable=import-outside-toplevel
+
+    examples = []
+    for chunk in _chunks(sentences, max(_CHUNK.value, 1)):
+      for outcome in predictor.predict_examples(chunk):
+        if isinstance(outcome, dict):
+          raise DataError(f"{_INPUT.value or '--text'}: {outcome['error']} (--output_format=d2e2s needs every "
+                          f"sentence predicted)")
+        examples.append(outcome)
+    return writers.format_examples(examples, "d2e2s", _OUTPUT.value or "stdout")
+
   try:
     sentences = _read_input()
     predictor = inference.Predictor.load(_WORKDIR.value, which=_WHICH.value, parser=_PARSER.value)
-    if _OUTPUT.value:
+    if _OUTPUT_FORMAT.value == "d2e2s":
+      text = d2e2s_text()  # everything predicted before anything is written
+      if _OUTPUT.value:
+        fileio.write_text_atomic(pathlib.Path(_OUTPUT.value), text)
+      else:
+        print(text)
+    elif _OUTPUT.value:
       # Written beside the destination and renamed: a failed run leaves no partial file.
       def write_file(temporary: str) -> None:
         with open(temporary, "w", encoding="utf-8") as stream:

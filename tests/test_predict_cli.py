@@ -56,6 +56,20 @@ def test_predict_d2e2s_file_to_output(tiny_run, tmp_path):  # noqa: F811
   assert sorted(p.name for p in output.parent.iterdir()) == ["predictions.jsonl"]  # no temporary file left
 
 
+def test_predict_writes_the_training_predictions_format(tiny_run, tmp_path):  # noqa: F811
+  """--output_format=d2e2s on the test split from the best checkpoint: the file training
+  wrote for that step, and experiments.evaluate scores it to results.json's numbers."""
+  gold = tiny_run / "data" / "aste" / "synthetic" / "test_dep_triple_polarity_result.json"
+  output = tmp_path / "test_predicted.json"
+  result = _run("experiments.predict", f"--workdir={tiny_run}", f"--input={gold}", "--input_format=d2e2s",
+                f"--output={output}", "--output_format=d2e2s")
+  assert result.returncode == 0, result.stderr
+  assert json.loads(output.read_text()) == json.loads((tiny_run / "predictions" / "test_best.json").read_text())
+  scored = _run("experiments.evaluate", f"--gold={gold}", f"--predictions={output}")
+  assert scored.returncode == 0, scored.stderr
+  assert json.loads(scored.stdout) == json.loads((tiny_run / "results.json").read_text())["test"]
+
+
 def test_bad_input_file_is_one_line_and_writes_nothing(tiny_run, tmp_path):  # noqa: F811
   bad = tmp_path / "bad.json"
   bad.write_text('[{"orig_id": 1, "tokens": ["a", "b"], "entities": "oops"}]')

@@ -58,6 +58,16 @@ def test_train_and_evaluate_writes_every_output(tmp_path):
   assert on_disk["best_step"] in (3, 6)
   assert on_disk["test"]["triplet"]["gold"] > 0
   assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+  # The best step's prediction files score, through the user's command, to results.json.
+  for split in ("dev", "test"):
+    gold = tmp_path / "data" / "aste" / "synthetic" / f"{split}_dep_triple_polarity_result.json"
+    predictions = tmp_path / "predictions" / f"{split}_best.json"
+    scored = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--gold={gold}",
+                             f"--predictions={predictions}"], cwd=REPO, capture_output=True, text=True, check=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert json.loads(scored.stdout) == on_disk[split], split
+    records = json.loads(predictions.read_text())
+    assert len(records) == 8 and all(0 <= s["score"] <= 1 for r in records for s in r["sentiments"])
   assert list((tmp_path / "tensorboard").iterdir())
   assert (tmp_path / "checkpoints" / "config.json").is_file()
   assert json.loads((tmp_path / "checkpoints" / "encoder_config.json").read_text())["hidden_size"] == 16

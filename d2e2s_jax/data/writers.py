@@ -25,6 +25,7 @@ import json
 import pathlib
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from d2e2s_jax import fileio
 from d2e2s_jax.data.examples import OPINION, SENTIMENT_ABBREVIATIONS, TARGET, DataError, Example
 
 PathLike = Union[str, pathlib.Path]
@@ -107,8 +108,24 @@ def example_to_text_line(example: Example, where: str = "") -> str:
   return " ".join(example.tokens) + "####" + repr(triplets)
 
 
+def format_examples(examples: Sequence[Example], format: str = "d2e2s", where: str = "") -> str:  # pylint: disable=redefined-builtin
+  """The text of a "d2e2s" (JSON) or "aste_v2" (text) file holding `examples`.
+
+  Raises:
+    DataError: an example cannot be expressed in the format (names `where` and the example).
+    ValueError: unknown format.
+  """
+  if format == "d2e2s":
+    return json.dumps([example_to_json_record(example, f"{where}, example {index} ({example.id})")
+                       for index, example in enumerate(examples)], ensure_ascii=False)
+  if format == "aste_v2":
+    return "".join(example_to_text_line(example, f"{where}, example {index} ({example.id})") + "\n"
+                   for index, example in enumerate(examples))
+  raise ValueError(f"unknown dataset format {format!r}; expected 'd2e2s' or 'aste_v2'")
+
+
 def write_examples(examples: Sequence[Example], path: PathLike, format: str = "d2e2s") -> None:  # pylint: disable=redefined-builtin
-  """Writes examples in the "d2e2s" (JSON) or "aste_v2" (text) format.
+  """Writes examples in the "d2e2s" (JSON) or "aste_v2" (text) format, atomically.
 
   "d2e2s" holds predictions too (`entities`, `triplet_scores`; see the module doc).
 
@@ -117,12 +134,4 @@ def write_examples(examples: Sequence[Example], path: PathLike, format: str = "d
     ValueError: unknown format.
   """
   path = pathlib.Path(path)
-  if format == "d2e2s":
-    text = json.dumps([example_to_json_record(example, f"{path}, example {index} ({example.id})")
-                       for index, example in enumerate(examples)], ensure_ascii=False)
-  elif format == "aste_v2":
-    text = "".join(example_to_text_line(example, f"{path}, example {index} ({example.id})") + "\n"
-                   for index, example in enumerate(examples))
-  else:
-    raise ValueError(f"unknown dataset format {format!r}; expected 'd2e2s' or 'aste_v2'")
-  path.write_text(text, encoding="utf-8")
+  fileio.write_text_atomic(path, format_examples(examples, format, str(path)))  # no half-written file on failure

@@ -69,26 +69,48 @@ def read_metrics(path: os.PathLike) -> List[dict]:
 
 
 def plot_curves(records: Iterable[Mapping[str, Any]], png_path: os.PathLike) -> None:
-  """Training loss and dev triplet F1 against step, side by side."""
+  """A 2 x 2 figure of a run's `metrics.jsonl` records against step.
+
+  * the differentiable loss parts, entity CE and sentiment BCE, and their sum (what the
+    gradient follows; log scale);
+  * the reported total beside its KL part: the total includes kl_weight x the KL term,
+    which carries no gradient by default and can hide the learning;
+  * dev and test triplet F1;
+  * the learning rate.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   records = list(records)
-  train = [(r["step"], r["loss"]) for r in records if r["split"] == "train" and "loss" in r]
-  dev = [(r["step"], r["triplet"]["f1"]) for r in records
-         if r["split"] == "dev" and "triplet" in r]
-  fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(10, 4))
-  if train:
-    ax_loss.plot(*zip(*train), color="tab:blue")
-  ax_loss.set_xlabel("step")
-  ax_loss.set_ylabel("training loss")
-  ax_loss.set_title("loss")
-  if dev:
-    ax_f1.plot(*zip(*dev), marker="o", color="tab:green")
-  ax_f1.set_xlabel("step")
-  ax_f1.set_ylabel("dev triplet F1 (%)")
-  ax_f1.set_title("dev triplet F1")
+  train = [r for r in records if r["split"] == "train" and "loss" in r]
+
+  def series(rows, value):
+    points = [(r["step"], value(r)) for r in rows]
+    return tuple(zip(*points)) if points else ((), ())
+
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+  parts, total, scores, rate = axes.flat
+  for label, value in (("entity", lambda r: r["entity_loss"]), ("sentiment", lambda r: r["sentiment_loss"]),
+                       ("entity + sentiment", lambda r: r["entity_loss"] + r["sentiment_loss"])):
+    parts.plot(*series(train, value), label=label)
+  parts.set_yscale("log")
+  parts.set_title("differentiable loss parts")
+  total.plot(*series(train, lambda r: r["loss"]), label="reported total", color="tab:gray")
+  total.plot(*series(train, lambda r: r["loss"] - r["entity_loss"] - r["sentiment_loss"]),
+             label="kl_weight x KL term", color="tab:purple", linestyle="--")
+  total.set_title("reported loss (the KL part has no gradient by default)")
+  for split, color in (("dev", "tab:green"), ("test", "tab:red")):
+    rows = [r for r in records if r["split"] == split and "triplet" in r]
+    scores.plot(*series(rows, lambda r: r["triplet"]["f1"]), marker="o", color=color, label=split)
+  scores.set_ylabel("triplet F1 (%)")
+  scores.set_title("triplet F1")
+  rate.plot(*series(train, lambda r: r["learning_rate"]), color="tab:orange")
+  rate.set_title("learning rate")
+  for axis in axes.flat:
+    axis.set_xlabel("step")
+    if axis.get_legend_handles_labels()[0]:
+      axis.legend(fontsize="small")
   fig.tight_layout()
-  fig.savefig(str(png_path), dpi=100)
+  fileio.write_atomic(png_path, lambda temporary: fig.savefig(temporary, dpi=100, format="png"), suffix=".png")
   plt.close(fig)

@@ -47,6 +47,7 @@ from d2e2s_jax.training import checkpoints, metrics_log, optim, sharding, throug
 from d2e2s_jax.training.config import SCRATCH, TrainConfig
 
 SPLITS = ("train", "dev", "test")
+PREDICTIONS_DIR = "predictions"  # <split>_best.json: the best dev step's predictions
 
 
 class TrainingError(RuntimeError):
@@ -298,16 +299,22 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
 
   def run_eval(step: int) -> None:
     nonlocal best
-    scores = {}
+    scores, predicted = {}, {}
     for split in ("dev", "test") if config.evaluate_test else ("dev",):
-      predicted = prediction.predict(predict_step, state.params, data.encoded[split], eval_batch_config, mesh,
-                                     eval_planned[split])
-      scores[split] = prediction.score(data.examples[split], predicted)
+      predicted[split] = prediction.predict(predict_step, state.params, data.encoded[split], eval_batch_config,
+                                            mesh, eval_planned[split])
+      scores[split] = prediction.score(data.examples[split], predicted[split])
     for split, split_scores in scores.items():
       log.write(step, split, split_scores)
     dev_f1 = scores["dev"]["triplet"]["f1"]
     if best is None or dev_f1 > best["dev"]["triplet"]["f1"]:
       best = {"step": step, **scores}
+      # The best step's predictions, for experiments.evaluate / analyze (their scores are
+      # exactly these); written before the checkpoint that records this step as best.
+      (workdir / PREDICTIONS_DIR).mkdir(exist_ok=True)
+      for split, split_predictions in predicted.items():
+        prediction.write_predictions(data.examples[split], split_predictions,
+                                     workdir / PREDICTIONS_DIR / f"{split}_best.json")
       ckpts.save_best(step, state, {"best": best}, dev_f1)
 
   step = start_step
