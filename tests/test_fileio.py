@@ -59,3 +59,13 @@ def test_replace_directory_swaps_and_restores_on_failure(tmp_path, monkeypatch):
   with pytest.raises(OSError, match="cross-device"):
     fileio.replace_directory(staging, output)
   assert (output / "v").read_text() == "2"
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+  import os  # pylint: disable=import-outside-toplevel
+
+  plain = tmp_path / "plain.txt"
+  plain.write_text("x")
+  atomic = tmp_path / "atomic.txt"
+  fileio.write_text_atomic(atomic, "x")
+  assert os.stat(atomic).st_mode & 0o777 == os.stat(plain).st_mode & 0o777

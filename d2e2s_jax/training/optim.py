@@ -28,6 +28,10 @@ Deliberate differences from the released optimizer:
 * Decoupled weight decay is computed from the parameter before this step's Adam update
   (optax); transformers' AdamW decays the already-updated parameter. The two differ by
   lr^2 * weight_decay * update, below 1e-10 at the guide's settings.
+* No norm scale is decayed (`decay_mask`: every leaf named `bias` or `scale`). The
+  released exclusion matches parameter names by substring (`bias`, `LayerNorm.weight`),
+  so the LayerNorms of its fusion blocks, entries of an `nn.Sequential` named
+  `...residual_layer2.3.weight`, are decayed there.
 """
 
 from __future__ import annotations
