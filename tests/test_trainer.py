@@ -281,3 +281,20 @@ def test_pretrained_encoder_directory_is_loaded_into_the_model(tmp_path):
   _, expected = deberta_v2_convert.load_pretrained(str(encoder_dir))
   for got, want in zip(jax.tree.leaves(state.params["encoder"]), jax.tree.leaves(expected)):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_an_evaluation_callback_stops_the_run_cleanly(tmp_path):
+  seen = []
+
+  def stop_at_the_second(step, scores):
+    seen.append((step, scores["dev"]["triplet"]["f1"]))
+    return len(seen) == 2
+
+  config = config_lib.TrainConfig(**TINY, max_steps=8, eval_every=2, checkpoint_every=100)
+  results = trainer.train_and_evaluate(config, tmp_path, on_evaluation=stop_at_the_second)
+  assert [step for step, _ in seen] == [2, 4]
+  assert results["stopped_at_step"] == 4 and results["best_step"] in (2, 4)
+  assert json.loads((tmp_path / "results.json").read_text())["stopped_at_step"] == 4
+  assert (tmp_path / "checkpoints" / "latest" / "4").is_dir()  # resumable from where it stopped
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert max(r["step"] for r in records) == 4

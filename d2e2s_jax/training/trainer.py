@@ -26,7 +26,7 @@ import itertools
 import math
 import os
 import pathlib
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import flax
@@ -243,8 +243,21 @@ def _progress(total: int, initial: int, enabled: bool):
               dynamic_ncols=True)
 
 
-def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, Any]:
-  """Trains, evaluates and checkpoints one run; returns (and writes) `results.json`."""
+# Called after every evaluation with (step, {"dev": scores[, "test": scores]}); a true
+# return value stops the run there (a hyperparameter search's pruner).
+EvaluationCallback = Callable[[int, Dict[str, Dict[str, Dict[str, float]]]], bool]
+
+
+def train_and_evaluate(config: TrainConfig, workdir: os.PathLike,
+                       on_evaluation: Optional[EvaluationCallback] = None) -> Dict[str, Any]:
+  """Trains, evaluates and checkpoints one run; returns (and writes) `results.json`.
+
+  Args:
+    config: the run's settings.
+    workdir: its directory (resumed from its newest checkpoint when it has one).
+    on_evaluation: see `EvaluationCallback`. A run it stops ends cleanly at that step: a
+      checkpoint of it, its logs and `results.json` (with `stopped_at_step`) are written.
+  """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
@@ -297,7 +310,8 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
                                optim.make_update_fn(optimizer_config, updates, optimizer))
   predict_step = prediction.make_predict_step(model, mesh, state_shardings.params)
 
-  def run_eval(step: int) -> None:
+  def run_eval(step: int) -> bool:
+    """Evaluates; True when `on_evaluation` asks to stop."""
     nonlocal best
     scores, predicted = {}, {}
     for split in ("dev", "test") if config.evaluate_test else ("dev",):
@@ -316,10 +330,12 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
         prediction.write_predictions(data.examples[split], split_predictions,
                                      workdir / PREDICTIONS_DIR / f"{split}_best.json")
       ckpts.save_best(step, state, {"best": best}, dev_f1)
+    return bool(on_evaluation and on_evaluation(step, scores))
 
   step = start_step
   progress = _progress(total_steps, start_step, config.progress_bar)
   meter = throughput.Meter(model_config, mesh.devices.flat)
+  stopped_at: Optional[int] = None
   try:
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
@@ -351,13 +367,15 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
                 f"loss or gradient (limit --max_consecutive_skips={config.max_consecutive_skips}); lower --lr or "
                 f"check the data. The last checkpoint is in {ckpts.directory}")
         if step % eval_every == 0 or step == total_steps:
-          run_eval(step)
+          stopped_at = step if run_eval(step) else None
           meter.restart()
-        if step % checkpoint_every == 0 or step == total_steps:
+        if step % checkpoint_every == 0 or step == total_steps or stopped_at is not None:
           ckpts.save_latest(step, state, {"best": best, "epoch": epoch})
           meter.restart()
-        if step >= total_steps:
+        if step >= total_steps or stopped_at is not None:
           break
+      if stopped_at is not None:
+        break
   finally:
     progress.close()
     ckpts.wait()
@@ -373,6 +391,8 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike) -> Dict[str, A
       "train_step_compilations": train_step.trace_count(),
       "predict_step_compilations": predict_step.trace_count(),
   }
+  if stopped_at is not None:
+    results["stopped_at_step"] = stopped_at
   fileio.write_json_atomic(workdir / "results.json", results)
   metrics_log.plot_curves(metrics_log.read_metrics(log.path), workdir / "curves.png")
   return results
