@@ -11,60 +11,24 @@ standard deviation of the test scores at the best dev step to `DIR/seeds.json` a
 non-zero exit; checkpoints and logs already written stay.
 """
 
-import os
 import sys
-import typing
 
 from absl import app
 from absl import flags
 from absl import logging
 
 from d2e2s_jax import settings
-from d2e2s_jax.training import config as config_lib
+from experiments import setting_flags
+from experiments.setting_flags import config_from_flags
 
-def _define_setting_flags() -> None:
-  """One flag per setting: its name, type, default and help (d2e2s_jax/settings.py)."""
-  for name, field in settings.FIELDS.items():
-    hint, default, help_text = settings.TYPES[name], field.default, settings.help_text(name)
-    if hint is bool:
-      flags.DEFINE_bool(name, default, help_text)
-    elif hint is int:
-      flags.DEFINE_integer(name, default, help_text)
-    elif hint is float:
-      flags.DEFINE_float(name, default, help_text)
-    elif typing.get_origin(hint) is tuple:
-      flags.DEFINE_list(name, [str(v) for v in default], help_text)
-    else:
-      flags.DEFINE_string(name, default, help_text)
-
-
-_define_setting_flags()
+flags.adopt_module_key_flags(setting_flags)  # one flag per setting, --compilation_cache_dir
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.", required=True)
 flags.DEFINE_list("seeds", [], "Several seeds: one run per seed and a mean/std table (overrides --seed).")
-flags.DEFINE_string("compilation_cache_dir", "~/.cache/d2e2s_jax/xla",
-                    "Persistent XLA compilation cache (reruns, resumes and --seeds skip recompiling); "
-                    "empty disables it.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: address of process 0 for jax.distributed.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 FLAGS = flags.FLAGS
-
-
-def config_from_flags() -> config_lib.TrainConfig:
-  """The flags' values as a validated TrainConfig (`SettingError` names a bad flag)."""
-  values = {}
-  for name, field in settings.FIELDS.items():
-    value = FLAGS[name].value
-    if typing.get_origin(settings.TYPES[name]) is tuple:
-      try:
-        value = tuple(int(v) for v in value)
-      except ValueError:
-        raise settings.SettingError(name, value, "must be a comma-separated list of integers") from None
-    elif value == "" and field.default is None:
-      value = None
-    values[name] = value
-  return config_lib.TrainConfig(**values)
 
 
 def seeds_from_flags() -> list:
@@ -94,10 +58,7 @@ def main(argv):
   if FLAGS.coordinator_address:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  if FLAGS.compilation_cache_dir:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  setting_flags.enable_compilation_cache()
   from d2e2s_jax.data import download  # pylint: disable=g-import-not-at-top
   from d2e2s_jax.training import trainer  # pylint: disable=g-import-not-at-top  # heavy
   try:
