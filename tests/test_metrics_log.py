@@ -25,6 +25,19 @@ def test_resume_drops_lines_after_the_checkpoint(tmp_path):
 
 
 def test_plot_curves_writes_png(tmp_path):
+  log = metrics_log.MetricsLog(tmp_path)
+  for step in range(1, 5):
+    log.write(step, "train", {"loss": 2.0 / step + 1.5, "entity_loss": 1.0 / step, "sentiment_loss": 1.0 / step,
+                              "learning_rate": 1e-5})
+    log.write(step, "dev", {"triplet": {"precision": 50.0, "recall": 40.0, "f1": 44.4}})
+    log.write(step, "test", {"triplet": {"precision": 50.0, "recall": 40.0, "f1": 40.0}})
+  log.close()
+  png = tmp_path / "curves.png"
+  metrics_log.plot_curves(metrics_log.read_metrics(tmp_path / "metrics.jsonl"), png)
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_curves_of_an_older_log_without_loss_parts(tmp_path):
   _write_run(tmp_path, range(1, 5))
   png = tmp_path / "curves.png"
   metrics_log.plot_curves(metrics_log.read_metrics(tmp_path / "metrics.jsonl"), png)

@@ -86,7 +86,12 @@ def plot_curves(records: Iterable[Mapping[str, Any]], png_path: os.PathLike) -> 
   train = [r for r in records if r["split"] == "train" and "loss" in r]
 
   def series(rows, value):
-    points = [(r["step"], value(r)) for r in rows]
+    points = []
+    for row in rows:
+      try:
+        points.append((row["step"], value(row)))
+      except KeyError:  # a log written before that part was logged
+        continue
     return tuple(zip(*points)) if points else ((), ())
 
   fig, axes = plt.subplots(2, 2, figsize=(11, 7))
