@@ -63,11 +63,13 @@ import math
 import os
 import pathlib
 import shutil
+import time
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import optuna
+import sqlalchemy.exc
 
 from d2e2s_jax import fileio
 from d2e2s_jax import settings
@@ -489,8 +491,17 @@ def make_storage(config: SweepConfig) -> optuna.storages.RDBStorage:
   with _quiet_experimental():
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry,
                                                              inherit_intermediate_values=True)
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=config.heartbeat_interval,
-                                      grace_period=config.grace_period, heartbeat_stale_trial_callback=retry)
+    for attempt in itertools.count():
+      try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                          heartbeat_interval=config.heartbeat_interval,
+                                          grace_period=config.grace_period, heartbeat_stale_trial_callback=retry)
+      except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+        # Workers that start together on an empty database race to create Optuna's
+        # tables; the loser finds them made once it tries again.
+        if attempt == 4:
+          raise
+        time.sleep(1.0 + attempt)
 
 
 def original_number(trial: Any) -> int:

@@ -127,7 +127,8 @@ def main(argv):
   optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own line per trial
   try:
     study = tuning.run_sweep(base, space, config, log=lambda line: print(line, flush=True))
-  except (ValueError, OSError, tuning.SweepError, optuna.exceptions.OptunaError, sqlalchemy.exc.SQLAlchemyError) as e:
+  except (ValueError, OSError, ImportError, tuning.SweepError, optuna.exceptions.OptunaError,
+          sqlalchemy.exc.SQLAlchemyError) as e:  # ImportError: no driver for --storage's database
     _fail(e)
   report = config.study_dir / "sweep.md"
   try:
