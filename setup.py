@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "matplotlib==3.11.2",
     "tensorboardX==2.6.5",
+    # Hyperparameter search (d2e2s_jax/tuning.py); brings SQLAlchemy for its RDB studies.
+    "optuna==5.0.0",
 ]
 
 TEST_REQUIRES = [
@@ -38,6 +40,9 @@ TEST_REQUIRES = [
     # CPU build, the numerical reference for parity tests and benchmarks. Keep this exact
     # pin: a looser one pulls a CUDA build of several GB.
     "torch==2.13.0",
+    # PostgreSQL driver of the sweep's multi-worker test (SQLAlchemy's default for
+    # postgresql:// URLs); the server itself comes from .ci/run's apt-get.
+    "psycopg[binary]==3.3.9",
 ]
 
 setuptools.setup(
