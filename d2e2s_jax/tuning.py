@@ -86,7 +86,7 @@ PRUNERS: Dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "hyperband": optuna.pruners.HyperbandPruner,
     "threshold": optuna.pruners.ThresholdPruner,
 }
-KEEP_CHECKPOINTS = ("all", "best")
+KEEP_CHECKPOINTS = ("all", "best", "none")
 TRIALS_DIR = "trials"
 # Values checked one by one for an int range up to this many; beyond it, its bounds.
 _MAX_ENUMERATED = 10_000
@@ -260,6 +260,8 @@ def _parse_dimension(path: Any, name: str, raw: Any) -> Dimension:
   entry = f"parameters.{name}"
   if name not in settings.FIELDS:
     raise SpaceError(path, entry, "no such setting (see d2e2s_jax/settings.py)")
+  if name == "seed":
+    raise SpaceError(path, entry, "the sweep sets the seeds (--seed, --seeds_per_trial); not searchable")
   if not isinstance(raw, dict):
     raise SpaceError(path, entry, "must be an object with a \"distribution\"")
   kind = raw.get("distribution")
@@ -411,8 +413,9 @@ class SweepConfig:
     heartbeat_interval, grace_period: seconds between a running trial's heartbeats, and
       since the last one before the trial counts as lost (None: Optuna's, twice the interval).
     max_retry: how often a lost trial is retried.
-    keep_checkpoints: `best` deletes a finished run's resume checkpoints
-      (`checkpoints/latest`), keeping its best-dev one; `all` keeps both.
+    keep_checkpoints: what a finished run keeps of its checkpoints: `all`; `best` (the
+      best-dev one; the resume checkpoints `checkpoints/latest` go); `none` (its logs,
+      results and best-step predictions only; `best.flags` trains it again).
     enqueue: run the space's named trials first (not with the grid sampler).
   """
 
@@ -611,9 +614,10 @@ class Objective:
       return trial.should_prune()
 
     results = trainer.train_and_evaluate(config, workdir, on_evaluation=on_evaluation if report else None)
-    if self.config.keep_checkpoints == "best" and results.get("stopped_at_step") is None:
-      # The resume checkpoints of a finished run (checkpoints.py's layout); the best stays.
-      shutil.rmtree(workdir / "checkpoints" / "latest", ignore_errors=True)
+    if self.config.keep_checkpoints != "all" and results.get("stopped_at_step") is None:
+      # A finished run's checkpoints (checkpoints.py's layout), as keep_checkpoints says.
+      for kind in ("latest",) if self.config.keep_checkpoints == "best" else ("latest", "best"):
+        shutil.rmtree(workdir / "checkpoints" / kind, ignore_errors=True)
     return results
 
 

@@ -53,8 +53,9 @@ _HEARTBEAT = flags.DEFINE_integer("heartbeat_interval", 60, "Seconds between a r
 _GRACE = flags.DEFINE_integer("grace_period", None, "Seconds without a heartbeat after which a trial counts as lost "
                               "and is retried (default: twice --heartbeat_interval).")
 _MAX_RETRY = flags.DEFINE_integer("max_retry", 3, "How often a lost trial is retried.")
-_KEEP = flags.DEFINE_enum("keep_checkpoints", "best", ["best", "all"], "best: delete a finished run's resume "
-                          "checkpoints and keep its best-dev one; all: keep both.")
+_KEEP = flags.DEFINE_enum("keep_checkpoints", "best", ["best", "all", "none"], "What a finished run keeps of its "
+                          "checkpoints: best (its best-dev one), all (also the resume ones), none (logs, results and "
+                          "predictions only).")
 _ENQUEUE = flags.DEFINE_bool("enqueue", True, "Run the search space's named trials (\"enqueue\") first.")
 
 FLAGS = flags.FLAGS

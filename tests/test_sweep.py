@@ -123,6 +123,8 @@ BAD_SPACES = [
      "enqueue.old.prop_drop: not a parameter of this space"),
     ({"parameters": {"drop_out_rate": _range()}, "enqueue": {"old": {"drop_out_rate": 0.6}}},
      "enqueue.old.drop_out_rate: 0.6 is not in uniform [0.1, 0.5]"),
+    ({"parameters": {"seed": {"distribution": "int", "low": 1, "high": 9}}}, "parameters.seed: the sweep sets the "
+     "seeds"),
     ({"parameters": {}}, "parameters: must be a non-empty object"),
     ({"parameters": {"lr": _range()}, "trials": 3}, "trials: unknown key"),
 ]
@@ -201,6 +203,8 @@ def _scripted_trainer(monkeypatch, dev_f1, calls):
         stopped = step
         break
     results = {"best_step": best["step"], "dev": best["dev"], "test": best["test"], "total_steps": 4}
+    for kind, step in (("latest", stopped or 4), ("best", best["step"])):
+      (workdir / "checkpoints" / kind / str(step)).mkdir(parents=True, exist_ok=True)
     if stopped is not None:
       results["stopped_at_step"] = stopped
     (workdir / "results.json").write_text(json.dumps(results))
@@ -243,6 +247,10 @@ def test_objective_is_the_mean_dev_f1_over_seeds_and_the_pruner_acts(tmp_path, m
   assert good.intermediate_values == {1: 12.0, 2: 22.0, 3: 32.0, 4: 42.0}
   assert [(seed, reports) for workdir, seed, reports in calls if workdir.parent.name == "0"] == [(1, True), (2, False)]
   assert (tmp_path / "study" / "trials" / "0" / "seed_2" / "results.json").is_file()
+  # A finished run keeps its best-dev checkpoint only (--keep_checkpoints=best); a pruned one both.
+  assert [p.name for p in (tmp_path / "study" / "trials" / "0" / "seed_2" / "checkpoints").iterdir()] == ["best"]
+  assert sorted(p.name for p in (tmp_path / "study" / "trials" / "1" / "seed_1" / "checkpoints").iterdir()) == [
+      "best", "latest"]
   # The bad trial is pruned at its first evaluation (1 + 0.1 + 1 < 6) and its second seed never runs.
   assert bad.state == STATES.PRUNED and bad.value == pytest.approx(2.1)  # Optuna: its last intermediate value
   assert bad.user_attrs["pruned_at_step"] == 1 and bad.intermediate_values == {1: pytest.approx(2.1)}
@@ -300,11 +308,12 @@ def test_the_grid_runs_every_listed_combination_once(tmp_path, monkeypatch):
       "parameters": {"lr": {"distribution": "log_uniform", "low": 1e-4, "high": 1e-2, "grid": [1e-4, 1e-3]},
                      "drop_out_rate": {"distribution": "categorical", "choices": [0.1, 0.3]}},
       "enqueue": {"skipped_by_the_grid": {"lr": 2e-3}}}, "grid.json")
-  study = tuning.run_sweep(TrainConfig(**TINY), space, tuning.SweepConfig(study_dir=tmp_path, sampler="grid",
-                                                                           pruner="none"), log=lambda line: None)
+  config = tuning.SweepConfig(study_dir=tmp_path, sampler="grid", pruner="none", keep_checkpoints="none")
+  study = tuning.run_sweep(TrainConfig(**TINY), space, config, log=lambda line: None)
   assert sorted((t.params["lr"], t.params["drop_out_rate"]) for t in study.trials) == [
       (1e-4, 0.1), (1e-4, 0.3), (1e-3, 0.1), (1e-3, 0.3)]
   assert all(t.state == STATES.COMPLETE for t in study.trials)
+  assert not any((tmp_path / "trials").glob("*/seed_1/checkpoints/*"))  # --keep_checkpoints=none
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the test asks trial 0 itself
