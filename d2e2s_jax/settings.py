@@ -313,8 +313,8 @@ def check_fields(component: Any, names: Mapping[str, str]) -> None:
 
 
 def component_defaults(names: Mapping[str, str]) -> Dict[str, Any]:
-  """The default settings under a component config's field names."""
-  return {field: getattr(DEFAULTS, name) for field, name in names.items()}
+  """The default settings under a component config's field names (`derive` of `DEFAULTS`)."""
+  return derive(DEFAULTS, names)
 
 
 def derive(settings: Any, names: Mapping[str, str]) -> Dict[str, Any]:
