@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from d2e2s_jax import settings
 from d2e2s_jax.data.examples import ENTITY_OUTPUTS, SENTIMENT_OUTPUTS
 from d2e2s_jax.models import decoding
+from d2e2s_jax.models.dropout import Dropout
 from d2e2s_jax.models.gcn import SemGCN, SynGCN, SyntacticEdges, torch_like_dense
 from d2e2s_jax.models.lstm import BiLSTM
 
@@ -70,6 +71,11 @@ SETTING_NAMES = {
     "remat_policy": "remat_policy",
 }
 _DEFAULT = settings.component_defaults(SETTING_NAMES)
+
+# The head's dropout rates that the training step can take as runtime inputs (`rates=` of
+# `D2E2S.__call__`) instead of compile-time constants: a search's trials that differ only
+# in them share one compiled step (see dropout.py).
+RUNTIME_RATES = ("drop_out_rate", "gcn_dropout", "prop_drop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +148,10 @@ class D2E2SConfig:
   def compute_dtype(self):
     """The jnp dtype named by `dtype`."""
     return jnp.dtype(self.dtype)
+
+  def runtime_rates(self) -> Dict[str, Array]:
+    """This config's `RUNTIME_RATES` as float32 scalars, for `D2E2S.__call__(rates=...)`."""
+    return {name: jnp.float32(getattr(self, name)) for name in RUNTIME_RATES}
 
 
 def range_max_table(x: Array) -> Array:
@@ -265,7 +275,7 @@ class D2E2SHead(nn.Module):
     cfg = self.config
     dtype = cfg.compute_dtype
     self.lstm = BiLSTM(cfg.hidden_dim, cfg.lstm_layers, cfg.drop_out_rate, dtype)
-    self.lstm_dropout = nn.Dropout(cfg.drop_out_rate)
+    self.lstm_dropout = Dropout(cfg.drop_out_rate)
     self.syn_gcn = SynGCN(cfg.hidden_size, cfg.gcn_layers, cfg.gcn_dropout, cfg.graph_implementation, dtype)
     self.sem_gcn = SemGCN(cfg.hidden_size, cfg.attention_heads, cfg.gcn_layers, cfg.gcn_dropout,
                           cfg.graph_implementation, dtype)
@@ -275,19 +285,23 @@ class D2E2SHead(nn.Module):
                                     param_dtype=jnp.float32, embedding_init=nn.initializers.normal(1.0))
     self.entity_classifier = torch_like_dense(cfg.num_entity_types, dtype)
     self.senti_classifier = torch_like_dense(cfg.num_sentiment_types, dtype)
-    self.prop_dropout = nn.Dropout(cfg.prop_drop)
+    self.prop_dropout = Dropout(cfg.prop_drop)
 
-  def features(self, hidden: Array, batch: Mapping[str, Array], deterministic: bool) -> Tuple[Array, Array]:
+  def features(self, hidden: Array, batch: Mapping[str, Array], deterministic: bool,
+               rates: Optional[Mapping[str, Array]] = None) -> Tuple[Array, Array]:
     """Steps 2-6 and 9: the [B, T, d] features the classifiers read, and the KL term."""
     cfg = self.config
+    rates = rates or {}
     mask = batch["attention_mask"].astype(bool)
     hidden = hidden.astype(cfg.compute_dtype)
     edges = SyntacticEdges(batch["graph_senders"], batch["graph_receivers"], batch["graph_edge_mask"])
     syntactic_adjacency = edges.dense(hidden.shape[1])
 
-    channel = self.lstm_dropout(self.lstm(hidden, mask, deterministic), deterministic=deterministic)
-    syntactic = self.syn_gcn(channel, edges, deterministic, adjacency=syntactic_adjacency)
-    semantic, _ = self.sem_gcn(channel, mask, deterministic)
+    lstm_rate, gcn_rate = rates.get("drop_out_rate"), rates.get("gcn_dropout")
+    channel = self.lstm_dropout(self.lstm(hidden, mask, deterministic, dropout_rate=lstm_rate),
+                                deterministic=deterministic, rate=lstm_rate)
+    syntactic = self.syn_gcn(channel, edges, deterministic, adjacency=syntactic_adjacency, dropout_rate=gcn_rate)
+    semantic, _ = self.sem_gcn(channel, mask, deterministic, dropout_rate=gcn_rate)
     # Only the attention graph of SemGCN(h) reaches any output (the KL term).
     hidden_adjacency = self.sem_gcn.attention_adjacency(hidden, mask, deterministic)
 
@@ -302,8 +316,8 @@ class D2E2SHead(nn.Module):
       self.sow("intermediates", name, value)
     return features, kl
 
-  def classify_spans(self, features: Array, batch: Mapping[str, Array],
-                     table: Array, deterministic: bool) -> Tuple[Array, Array, Array]:
+  def classify_spans(self, features: Array, batch: Mapping[str, Array], table: Array, deterministic: bool,
+                     rate: Optional[Array] = None) -> Tuple[Array, Array, Array]:
     """Step 7: ([B, S, 3] logits, [B, S, d] span pools, [B, S, e] size embeddings)."""
     bounds = batch["span_token_bounds"]
     pool = range_max(table, bounds[..., 0], bounds[..., 1])
@@ -311,11 +325,11 @@ class D2E2SHead(nn.Module):
     sizes = self.size_embeddings(batch["span_sizes"])
     context = jnp.broadcast_to(features[:, :1], pool.shape)
     inputs = jnp.concatenate([context, pool, sizes.astype(pool.dtype)], axis=-1)
-    logits = self.entity_classifier(self.prop_dropout(inputs, deterministic=deterministic))
+    logits = self.entity_classifier(self.prop_dropout(inputs, deterministic=deterministic, rate=rate))
     return logits, pool, sizes
 
   def classify_pairs(self, table: Array, span_token_bounds: Array, pool: Array, sizes: Array,
-                     pair_indices: Array, deterministic: bool) -> Array:
+                     pair_indices: Array, deterministic: bool, rate: Optional[Array] = None) -> Array:
     """Step 8: [B, P, 4] sentiment logits of ordered (head, tail) pairs of candidates."""
     # Per-sentence gathers (batch dimension kept, see range_max).
     take = jax.vmap(lambda values, indices: values[indices])
@@ -329,30 +343,37 @@ class D2E2SHead(nn.Module):
     between = jnp.where((end > start)[..., None], range_max(table, start, end), 0)
     inputs = jnp.concatenate([between, take(pool, head), take(pool, tail),
                               take(sizes, head).astype(pool.dtype), take(sizes, tail).astype(pool.dtype)], axis=-1)
-    return self.senti_classifier(self.prop_dropout(inputs, deterministic=deterministic))
+    return self.senti_classifier(self.prop_dropout(inputs, deterministic=deterministic, rate=rate))
 
-  def __call__(self, hidden: Array, batch: Mapping[str, Array], deterministic: bool = True) -> Dict[str, Array]:
+  def __call__(self, hidden: Array, batch: Mapping[str, Array], deterministic: bool = True,
+               rates: Optional[Mapping[str, Array]] = None) -> Dict[str, Array]:
     """Training forward pass.
 
     Args:
       hidden: [B, T, d] encoder states.
       batch: the batch-contract arrays, including `pair_indices`.
       deterministic: disables dropout when True (needs a "dropout" rng otherwise).
+      rates: runtime dropout rates by `RUNTIME_RATES` name (`D2E2SConfig.runtime_rates`),
+        overriding the config's; None uses the config's as compile-time constants.
 
     Returns:
       `span_logits` [B, S, 3], `pair_logits` [B, P, 4] and the scalar float32 `kl_term`.
     """
     batch = _as_arrays(batch)
-    features, kl = self.features(hidden, batch, deterministic)
+    rates = rates or {}
+    features, kl = self.features(hidden, batch, deterministic, rates)
     table = range_max_table(features)
-    span_logits, pool, sizes = self.classify_spans(features, batch, table, deterministic)
+    span_logits, pool, sizes = self.classify_spans(features, batch, table, deterministic, rates.get("prop_drop"))
     pair_logits = self.classify_pairs(table, batch["span_token_bounds"], pool, sizes, batch["pair_indices"],
-                                      deterministic)
+                                      deterministic, rates.get("prop_drop"))
     return {"span_logits": span_logits.astype(jnp.float32), "pair_logits": pair_logits.astype(jnp.float32),
             "kl_term": kl}
 
-  def predict(self, hidden: Array, batch: Mapping[str, Array]) -> Dict[str, Array]:
-    """Deterministic decoding with static shapes (see decoding.decode for the outputs)."""
+  def predict(self, hidden: Array, batch: Mapping[str, Array], threshold: Optional[Array] = None) -> Dict[str, Array]:
+    """Deterministic decoding with static shapes (see decoding.decode for the outputs).
+
+    `threshold` (a runtime scalar) overrides the config's `sen_filter_threshold`.
+    """
     batch = _as_arrays(batch)
     features, _ = self.features(hidden, batch, True)
     table = range_max_table(features)
@@ -362,8 +383,8 @@ class D2E2SHead(nn.Module):
       span_mask = span_mask & batch["example_mask"].astype(bool)[:, None]
     score_pairs = lambda pair_indices: self.classify_pairs(table, batch["span_token_bounds"], pool, sizes,
                                                            pair_indices, True)
-    decoded = decoding.decode(span_logits, span_mask, score_pairs, self.config.max_decoded_spans,
-                              self.config.sen_filter_threshold)
+    threshold = self.config.sen_filter_threshold if threshold is None else threshold
+    decoded = decoding.decode(span_logits, span_mask, score_pairs, self.config.max_decoded_spans, threshold)
     decoded["span_logits"] = span_logits.astype(jnp.float32)
     return decoded
 
@@ -391,13 +412,14 @@ class D2E2S(nn.Module):
     """[B, T, d] encoder states of `input_ids`."""
     return self.encoder(batch["input_ids"], batch["attention_mask"], deterministic=deterministic)
 
-  def __call__(self, batch: Mapping[str, Array], deterministic: bool = True) -> Dict[str, Array]:
-    """Training outputs, as `D2E2SHead.__call__`."""
-    return self.head(self.encode(batch, deterministic), batch, deterministic)
+  def __call__(self, batch: Mapping[str, Array], deterministic: bool = True,
+               rates: Optional[Mapping[str, Array]] = None) -> Dict[str, Array]:
+    """Training outputs, as `D2E2SHead.__call__` (the encoder's dropout is its config's)."""
+    return self.head(self.encode(batch, deterministic), batch, deterministic, rates)
 
-  def predict(self, batch: Mapping[str, Array]) -> Dict[str, Array]:
+  def predict(self, batch: Mapping[str, Array], threshold: Optional[Array] = None) -> Dict[str, Array]:
     """Decoded outputs, as `D2E2SHead.predict`."""
-    return self.head.predict(self.encode(batch, True), batch)
+    return self.head.predict(self.encode(batch, True), batch, threshold)
 
 
 def init_params(model: nn.Module, batch: Mapping[str, Any], rng: Array) -> Any:

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from d2e2s_jax import settings
 from d2e2s_jax.data.jraph_compat import jraph
+from d2e2s_jax.models.dropout import Dropout
 
 Array = jax.Array
 
@@ -156,10 +157,10 @@ class SynGCN(nn.Module):
 
   def setup(self):
     self.layers = [torch_like_dense(self.features, self.dtype) for _ in range(self.num_layers)]
-    self.dropout = nn.Dropout(self.dropout_rate)
+    self.dropout = Dropout(self.dropout_rate)
 
   def __call__(self, inputs: Array, edges: SyntacticEdges, deterministic: bool = True,
-               adjacency: Array | None = None) -> Array:
+               adjacency: Array | None = None, dropout_rate: Array | None = None) -> Array:
     """Runs the layers over [B, T, d] inputs.
 
     Args:
@@ -167,6 +168,7 @@ class SynGCN(nn.Module):
       edges: the syntactic graph.
       deterministic: disables dropout when True.
       adjacency: optional precomputed `edges.dense(T)` (the dense path builds it otherwise).
+      dropout_rate: a runtime rate overriding `self.dropout_rate` (see `dropout.Dropout`).
 
     Returns:
       [B, T, d] features.
@@ -184,7 +186,7 @@ class SynGCN(nn.Module):
       linear = layer(aggregated + x)
       x = jax.nn.relu((linear + layer.variables["params"]["bias"].astype(linear.dtype)) / (row_sums + 1))
       if index < self.num_layers - 1:
-        x = self.dropout(x, deterministic=deterministic)
+        x = self.dropout(x, deterministic=deterministic, rate=dropout_rate)
     return x
 
 
@@ -216,9 +218,9 @@ class SemGCN(nn.Module):
       raise ValueError(f"width {self.features} is not divisible by {self.num_heads} attention heads")
     self.query = torch_like_dense(self.features, self.dtype)
     self.key = torch_like_dense(self.features, self.dtype)
-    self.attention_dropout = nn.Dropout(_SEM_ATTENTION_DROPOUT)
+    self.attention_dropout = Dropout(_SEM_ATTENTION_DROPOUT)
     self.layers = [torch_like_dense(self.features, self.dtype) for _ in range(self.num_layers)]
-    self.dropout = nn.Dropout(self.dropout_rate)
+    self.dropout = Dropout(self.dropout_rate)
 
   def attention_adjacency(self, inputs: Array, mask: Array, deterministic: bool = True) -> Array:
     """The float32 [B, T, T] semantic adjacency `A_sem` of [B, T, d] inputs."""
@@ -235,8 +237,12 @@ class SemGCN(nn.Module):
     adjacency = jnp.where(eye, 1.0, adjacency)
     return jnp.where(mask[:, :, None], adjacency, 0.0)
 
-  def __call__(self, inputs: Array, mask: Array, deterministic: bool = True) -> Tuple[Array, Array]:
-    """Returns ([B, T, d] features, float32 [B, T, T] adjacency A_sem)."""
+  def __call__(self, inputs: Array, mask: Array, deterministic: bool = True,
+               dropout_rate: Array | None = None) -> Tuple[Array, Array]:
+    """Returns ([B, T, d] features, float32 [B, T, T] adjacency A_sem).
+
+    `dropout_rate` is a runtime rate overriding `self.dropout_rate` between the layers.
+    """
     adjacency = self.attention_adjacency(inputs, mask, deterministic)
     graph = None
     if self.implementation == "jraph":
@@ -246,5 +252,5 @@ class SemGCN(nn.Module):
       aggregated, row_sums = _aggregate(self.implementation, adjacency, graph, x)
       x = jax.nn.relu(layer(aggregated) / (row_sums + 1))
       if index < self.num_layers - 1:
-        x = self.dropout(x, deterministic=deterministic)
+        x = self.dropout(x, deterministic=deterministic, rate=dropout_rate)
     return x, adjacency

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from d2e2s_jax.models.dropout import Dropout
 
 Array = jax.Array
 
@@ -223,13 +225,16 @@ class BiLSTM(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs: Array, mask: Array, deterministic: bool = True) -> Array:
+  def __call__(self, inputs: Array, mask: Array, deterministic: bool = True,
+               dropout_rate: Optional[Array] = None) -> Array:
     """Runs the layers.
 
     Args:
       inputs: [B, T, in] features.
       mask: [B, T] 1 on real positions; real positions must be a prefix of each row.
       deterministic: disables dropout when True.
+      dropout_rate: a runtime rate overriding `self.dropout_rate` (see `dropout.Dropout`;
+        then the dropout between layers runs whatever the value).
 
     Returns:
       [B, T, 2 * hidden_size], forward then backward hidden states, zero at padding.
@@ -249,8 +254,8 @@ class BiLSTM(nn.Module):
       forward, backward = _bidirectional_recurrence(projected, recurrent_kernels, self.dtype)
       backward = reverse_within_lengths(backward, lengths)
       outputs = jnp.where(keep, jnp.concatenate([forward, backward], axis=-1), 0)
-      if layer < self.num_layers - 1 and self.dropout_rate > 0:
-        outputs = nn.Dropout(self.dropout_rate)(outputs, deterministic=deterministic)
+      if layer < self.num_layers - 1 and (dropout_rate is not None or self.dropout_rate > 0):
+        outputs = Dropout(self.dropout_rate)(outputs, deterministic=deterministic, rate=dropout_rate)
     return outputs
 
 
