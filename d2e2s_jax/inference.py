@@ -256,7 +256,9 @@ class Predictor:
         self.params = checkpointer.restore(checkpoint_dir, abstract)
     else:
       raise InferenceError("Predictor needs params or checkpoint_dir")
-    self.predict_step = prediction.make_predict_step(self.model, self.mesh, self.param_shardings)
+    # The threshold as a runtime input, as in training: the same compiled program.
+    self.predict_step = prediction.make_predict_step(self.model, self.mesh, self.param_shardings,
+                                                     threshold=self.model_config.sen_filter_threshold)
     # Sentences are not known in advance: every batch of T pieces gets the largest S and E
     # that T allows, so the step compiles once per T bucket (see the module docstring).
     self._shapes = batching.ShapePlan.worst_case(config.max_span_size, config.max_length)

@@ -32,22 +32,33 @@ from d2e2s_jax.models.decoding import SentencePrediction
 from d2e2s_jax.training import sharding
 
 
-def make_predict_step(model: nn.Module, mesh: jax.sharding.Mesh, param_shardings: Any):
-  """The jitted evaluation step: forward pass and static-shape decoding.
+def make_predict_step(model: nn.Module, mesh: jax.sharding.Mesh, param_shardings: Any,
+                      threshold: Optional[float] = None):
+  """The jitted evaluation step `step(params, batch)`: forward pass and static-shape decoding.
 
-  The returned function also has `trace_count()`: how often it has been traced (one
-  compilation per distinct batch shape).
+  `threshold` (the sentiment threshold, `sen_filter_threshold`) is then an argument of
+  the compiled program rather than a constant in it, so that runs differing only in it
+  share one compilation; None decodes with the model config's. The returned function
+  also has `lower(params, batch)` and `trace_count()`: how often it has been traced
+  (one compilation per distinct batch shape).
   """
   traces = [0]
 
-  def predict_step(params, batch):
+  def predict_step(params, batch, threshold):
     traces[0] += 1
-    return model.apply({"params": params}, batch, method=type(model).predict)
+    return model.apply({"params": params}, batch, threshold, method=type(model).predict)
 
-  jitted = jax.jit(predict_step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+  jitted = jax.jit(predict_step, in_shardings=(param_shardings, sharding.batch_sharding(mesh),
+                                               sharding.replicated(mesh)),
                    out_shardings=sharding.replicated(mesh))
-  jitted.trace_count = lambda: traces[0]
-  return jitted
+  threshold = None if threshold is None else jax.device_put(np.float32(threshold), sharding.replicated(mesh))
+
+  def step(params, batch):
+    return jitted(params, batch, threshold)
+
+  step.lower = lambda params, batch: jitted.lower(params, batch, threshold)
+  step.trace_count = lambda: traces[0]
+  return step
 
 
 def predict(predict_step, params: Any, encoded: Sequence[encoding.EncodedExample],

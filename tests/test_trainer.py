@@ -84,7 +84,7 @@ def test_train_and_evaluate_writes_every_output(tmp_path):
   assert results["predict_step_compilations"] == len(lengths)
 
 
-def _first_losses(config, data, mesh_spec, steps=3):
+def _first_losses(config, data, mesh_spec, steps=3, runtime=False):
   mesh = sharding.make_mesh(mesh_spec)
   model, model_config, _ = trainer.build_model(config, data.tokenizer)
   batch_config = config.batch_config(data.tokenizer, training=True)
@@ -94,7 +94,9 @@ def _first_losses(config, data, mesh_spec, steps=3):
   state, shardings = trainer.create_train_state(model, optimizer, batches[0], 0, mesh)
   step_fn = trainer.make_train_step(model, optimizer, optim.learning_rate_schedule(optimizer_config, 10),
                                     model_config, 1, mesh, shardings,
-                                    optim.make_update_fn(optimizer_config, 10, optimizer, slice_bytes=2048))
+                                    optim.make_update_fn(optimizer_config, 10, optimizer, slice_bytes=2048),
+                                    hyper=trainer.runtime_hyperparameters(optimizer_config, model_config, 10)
+                                    if runtime else None)
   losses = []
   for batch in batches:
     state, metrics = step_fn(state, sharding.shard_batch(batch, mesh))
@@ -130,6 +132,49 @@ def test_sliced_optimizer_update_matches_the_whole_one(tmp_path, lean):
   for got, want in zip(jax.tree.leaves((sliced.params, sliced.opt_state)),
                        jax.tree.leaves((whole.params, whole.opt_state))):
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("update", ["whole", "sliced"])
+def test_runtime_hyperparameters_compute_what_the_constants_compute(tmp_path, update):
+  config = config_lib.TrainConfig(**{**TINY, "drop_out_rate": 0.3, "gcn_dropout": 0.2, "prop_drop": 0.15,
+                                     "weight_decay": 0.05, "lr_warmup": 0.3, "kl_weight": 2.0,
+                                     "optimizer_update": update})
+  data = trainer.prepare_data(config, tmp_path)
+  constant_losses, constant = _first_losses(config, data, "data:1")
+  runtime_losses, runtime = _first_losses(config, data, "data:1", runtime=True)
+  np.testing.assert_allclose(runtime_losses, constant_losses, rtol=1e-5)
+  for got, want in zip(jax.tree.leaves((runtime.params, runtime.opt_state)),
+                       jax.tree.leaves((constant.params, constant.opt_state))):
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture
+def persistent_cache(tmp_path):
+  """The persistent compilation cache in a fresh directory, for this test only."""
+  from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
+  before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  compilation_cache.reset_cache()
+  yield
+  jax.config.update("jax_compilation_cache_dir", before[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+  compilation_cache.reset_cache()
+
+
+def test_runs_differing_only_in_runtime_hyperparameters_share_their_compiled_programs(tmp_path, persistent_cache):
+  """The second run, with other lr, warmup, decay, dropouts, KL weight and threshold, compiles nothing."""
+  base = config_lib.TrainConfig(**{**TINY, "max_steps": 2, "eval_every": 2, "checkpoint_every": 2})
+  first = trainer.train_and_evaluate(base, tmp_path / "first")
+  other = base.replace(lr=3e-4, lr_warmup=0.3, weight_decay=0.0, drop_out_rate=0.0, gcn_dropout=0.25,
+                       prop_drop=0.4, kl_weight=1.0, sen_filter_threshold=0.7)
+  second = trainer.train_and_evaluate(other, tmp_path / "second")
+  assert first["compilation"]["persistent_cache_misses"] > 0
+  assert second["compilation"]["persistent_cache_misses"] == 0, second["compilation"]
+  assert second["compilation"]["persistent_cache_hits"] >= 2  # at least the train and predict steps
+  # A setting that changes shapes does compile.
+  third = trainer.train_and_evaluate(base.replace(batch_size=16), tmp_path / "third")
+  assert third["compilation"]["persistent_cache_misses"] > 0
 
 
 def _train_command(workdir, flagfile):

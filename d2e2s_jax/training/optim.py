@@ -21,6 +21,12 @@ Two ways to apply it (`OptimizerConfig.update`), the same arithmetic (tested):
   moments), XLA's CPU compiler copies that moment; the plan gains nothing for float32
   AdamW, and most for the factored second moment without a first moment.
 
+The peak learning rate, the warmup length and the weight decay can be runtime inputs of
+the jitted step instead of constants compiled into it (`OptimizerConfig.runtime_inputs`,
+passed to the chain's `update` as optax extra arguments and to `UpdateFn`s as `hyper`):
+the trials of a search that differ only in them then share one compiled step. Without
+them, the config's values are used (as constants).
+
 Deliberate differences from the released optimizer:
 * Bias correction is off by default, as released (`correct_bias=False`: the first
   updates are larger than Adam's, by (1 - b1^t) / sqrt(1 - b2^t)); `bias_correction=True`
@@ -37,7 +43,7 @@ Deliberate differences from the released optimizer:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +66,9 @@ SETTING_NAMES = {
     "update": "optimizer_update",
 }
 _DEFAULT = settings.component_defaults(SETTING_NAMES)
+# The values a step can take at runtime (`OptimizerConfig.runtime_inputs`): the extra
+# arguments of the chain's `update` and the keys of an `UpdateFn`'s `hyper`.
+RUNTIME_INPUTS = ("learning_rate", "warmup_steps", "weight_decay")
 # Adam's first-moment decay when the first moment is kept (transformers' AdamW default).
 ADAM_B1 = 0.9
 
@@ -113,24 +122,73 @@ class OptimizerConfig:
     """Adam's first-moment decay: `ADAM_B1`, or 0 (no first moment) without `first_moment`."""
     return ADAM_B1 if self.first_moment else 0.0
 
+  def warmup_steps(self, total_steps: int) -> int:
+    """Updates spent in linear warmup out of `total_steps`."""
+    return int(self.warmup_fraction * total_steps)
 
-def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
+  def runtime_inputs(self, total_steps: int) -> Dict[str, jax.Array]:
+    """This config's `RUNTIME_INPUTS` as scalars, for a step that takes them at runtime."""
+    return {"learning_rate": jnp.float32(self.learning_rate),
+            "warmup_steps": jnp.int32(self.warmup_steps(total_steps)),
+            "weight_decay": jnp.float32(self.weight_decay)}
+
+
+def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> Callable[..., jax.Array]:
   """Linear warmup from 0 to the peak, then linear decay to 0 at `total_steps`.
 
-  `total_steps` counts optimizer updates (after gradient accumulation).
+  `total_steps` counts optimizer updates (after gradient accumulation). The schedule is
+  `schedule(step, learning_rate=None, warmup_steps=None)`: the optional arguments are
+  runtime values of the peak and the warmup length (`OptimizerConfig.runtime_inputs`),
+  the config's otherwise; the same arithmetic either way.
   """
   if total_steps <= 0:
     raise ValueError(f"total_steps must be positive, got {total_steps}")
-  warmup_steps = int(config.warmup_fraction * total_steps)
-  peak = config.learning_rate
 
-  def schedule(step):
+  def schedule(step, learning_rate=None, warmup_steps=None):
+    peak = config.learning_rate if learning_rate is None else learning_rate
+    warmup = config.warmup_steps(total_steps) if warmup_steps is None else warmup_steps
     step = jnp.asarray(step, jnp.float32)
-    warm = peak * step / max(warmup_steps, 1)
-    decay = peak * jnp.maximum(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1))
-    return jnp.where(step < warmup_steps, warm, decay)
+    warm = peak * step / jnp.maximum(warmup, 1)
+    decay = peak * jnp.maximum(0.0, (total_steps - step) / jnp.maximum(total_steps - warmup, 1))
+    return jnp.where(step < warmup, warm, decay)
 
   return schedule
+
+
+def _scale_by_schedule(schedule: Callable[..., jax.Array]) -> optax.GradientTransformationExtraArgs:
+  """`optax.scale_by_learning_rate(schedule)` (same state) taking the schedule's runtime values."""
+
+  def init_fn(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None, learning_rate=None, warmup_steps=None, **extra_args):
+    del params, extra_args
+    scale = -schedule(state.count, learning_rate, warmup_steps)
+    updates = jax.tree.map(lambda g: jnp.asarray(scale, g.dtype) * g, updates)
+    return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _add_decayed_weights(default: float) -> optax.GradientTransformationExtraArgs:
+  """`optax.add_decayed_weights(default)` (same state) taking `weight_decay` at runtime."""
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, weight_decay=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError("weight decay needs the parameters: call update(updates, state, params)")
+    if weight_decay is None:
+      if default == 0.0:
+        return updates, state
+      weight_decay = default
+    return jax.tree.map(lambda g, p: g + weight_decay * p, updates, params), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def decay_mask(params: Any) -> Any:
@@ -348,8 +406,8 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
     direction = scale_by_adam(config.b1, config.b2, config.eps, config.bias_correction, moment_dtype)
   chain += [
       direction,
-      optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-      optax.scale_by_learning_rate(schedule),
+      optax.masked(_add_decayed_weights(config.weight_decay), decay_mask),
+      _scale_by_schedule(schedule),
   ]
   optimizer = optax.chain(*chain)
   if config.gradient_accumulation_steps > 1:
@@ -359,23 +417,25 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
 
 # ------------------------------------------------------------------ applying updates
 
-UpdateFn = Callable[[Any, Any, Any, jax.Array], Tuple[Any, Any]]
+# (grads, opt_state, params, finite, hyper=None) -> (params, opt_state); `hyper` maps
+# `RUNTIME_INPUTS` names to runtime values (missing ones: the config's constants).
+UpdateFn = Callable[..., Tuple[Any, Any]]
 
 # Largest slice the sliced update works on at once (bytes of one leaf's slice, float32).
 SLICE_BYTES = 32 * 2**20
 
 
 def whole_update_fn(optimizer: optax.GradientTransformation) -> UpdateFn:
-  """`(grads, opt_state, params, finite) -> (params, opt_state)`: the optax chain, guarded.
+  """`(grads, opt_state, params, finite, hyper=None) -> (params, opt_state)`: the chain, guarded.
 
   A non-finite step keeps parameters and state. The guard is a branch, not `jnp.where`
   over the whole state, with which XLA materialises the new state beside the old one
   (13 GiB more on the xxlarge model, benchmarks/memory_plan.py).
   """
 
-  def update(grads, opt_state, params, finite):
+  def update(grads, opt_state, params, finite, hyper=None):
     def apply(_):
-      updates, new_opt_state = optimizer.update(grads, opt_state, params)
+      updates, new_opt_state = optimizer.update(grads, opt_state, params, **(hyper or {}))
       return optax.apply_updates(params, updates), new_opt_state
 
     return jax.lax.cond(finite, apply, lambda _: (params, opt_state), None)
@@ -442,11 +502,13 @@ def _sliced_update_fn(config: OptimizerConfig, total_steps: int, slice_bytes: in
   factored = config.second_moment == "factored"
   b1, b2, eps = config.b1, config.b2, config.eps
 
-  def update(grads, opt_state, params, finite):
+  def update(grads, opt_state, params, finite, hyper=None):
+    hyper = hyper or {}
     states = list(opt_state)
     direction_index = 1 if clip else 0
     old = states[direction_index]
-    lr = schedule(states[-1].count)
+    lr = schedule(states[-1].count, hyper.get("learning_rate"), hyper.get("warmup_steps"))
+    weight_decay = hyper.get("weight_decay")
     count = old.count + 1
     if clip:
       norm = optax.tree.norm(grads)
@@ -460,7 +522,9 @@ def _sliced_update_fn(config: OptimizerConfig, total_steps: int, slice_bytes: in
 
     def finish(p, direction, decayed):
       u = direction.astype(p.dtype)
-      if decayed and config.weight_decay:
+      if decayed and weight_decay is not None:
+        u = u + jnp.asarray(weight_decay, p.dtype) * p
+      elif decayed and config.weight_decay:
         u = u + config.weight_decay * p
       return p + (-lr).astype(p.dtype) * u
 

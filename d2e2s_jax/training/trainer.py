@@ -175,26 +175,49 @@ def with_pretrained_encoder(state: TrainState, encoder_params: Any, shardings: T
 # ------------------------------------------------------------------------- steps
 
 
+def runtime_hyperparameters(optimizer_config: optim.OptimizerConfig, model_config: d2e2s.D2E2SConfig,
+                            total_updates: int) -> Dict[str, Any]:
+  """The values the training step takes as runtime inputs rather than compiled constants.
+
+  The peak learning rate, warmup length and weight decay (`optim.RUNTIME_INPUTS`), the
+  head's dropout rates (`d2e2s.RUNTIME_RATES`) and the KL weight: the trials of a search
+  that differ only in these run the same compiled program (served by the persistent
+  compilation cache, `--compilation_cache_dir`), instead of compiling one each.
+  """
+  return {"optimizer": optimizer_config.runtime_inputs(total_updates),
+          "rates": model_config.runtime_rates(),
+          "kl_weight": jnp.float32(model_config.kl_weight)}
+
+
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     model_config: d2e2s.D2E2SConfig, accumulation_steps: int, mesh: jax.sharding.Mesh,
-                    state_shardings: Any, update_fn: Optional[optim.UpdateFn] = None):
-  """The jitted training step: loss, gradients, a finite-guarded optimizer update.
+                    state_shardings: Any, update_fn: Optional[optim.UpdateFn] = None,
+                    hyper: Optional[Mapping[str, Any]] = None):
+  """The jitted training step `step(state, batch) -> (state, metrics)`.
 
-  A step whose loss or gradients are not finite leaves parameters and optimizer state
-  unchanged and is counted (`consecutive_skips`, `total_skips`); the host stops the run
-  when a run of them gets too long. `update_fn` applies the optimizer
-  (`optim.make_update_fn`; default: `optimizer`'s chain over the whole tree).
+  Loss, gradients, a finite-guarded optimizer update. A step whose loss or gradients are
+  not finite leaves parameters and optimizer state unchanged and is counted
+  (`consecutive_skips`, `total_skips`); the host stops the run when a run of them gets
+  too long. `update_fn` applies the optimizer (`optim.make_update_fn`; default:
+  `optimizer`'s chain over the whole tree). `hyper` (`runtime_hyperparameters`) makes
+  those values arguments of the compiled program, passed to every call; without it
+  they are the configs' constants. The function also has `lower(state, batch)` and
+  `trace_count()`.
   """
   update_fn = update_fn or optim.whole_update_fn(optimizer)
   traces = [0]
 
-  def train_step(state: TrainState, batch: Dict[str, jax.Array]):
+  def train_step(state: TrainState, batch: Dict[str, jax.Array], hyper: Optional[Mapping[str, Any]]):
     traces[0] += 1
     dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    hyper = hyper or {}
+    kl_weight = hyper.get("kl_weight", model_config.kl_weight)
+    optimizer_hyper = hyper.get("optimizer", {})
 
     def loss_fn(params):
-      outputs = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": dropout_rng})
-      return losses.d2e2s_loss(outputs, batch, model_config.kl_weight)
+      outputs = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": dropout_rng},
+                            rates=hyper.get("rates"))
+      return losses.d2e2s_loss(outputs, batch, kl_weight)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     # Any inf or NaN gradient makes the norm non-finite (so does a norm beyond float32's
@@ -203,7 +226,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    new_params, new_opt_state = update_fn(grads, state.opt_state, state.params, finite)
+    new_params, new_opt_state = update_fn(grads, state.opt_state, state.params, finite, optimizer_hyper)
     consecutive = jnp.where(finite, 0, state.consecutive_skips + 1)
     new_state = state.replace(
         step=state.step + 1,
@@ -220,7 +243,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
         "sentiment_loss": parts["sentiment"],
         "kl_term": parts["kl_term"],
         "grad_norm": grad_norm,
-        "learning_rate": schedule(applied_updates),
+        "learning_rate": schedule(applied_updates, optimizer_hyper.get("learning_rate"),
+                                  optimizer_hyper.get("warmup_steps")),
         "skipped": ~finite,
         "total_skips": new_state.total_skips,
         "max_consecutive_skips": new_state.max_consecutive_skips,
@@ -228,10 +252,16 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
     return new_state, metrics
 
   batch_sharding = sharding.batch_sharding(mesh)
-  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-  jitted.trace_count = lambda: traces[0]
-  return jitted
+  hyper = None if hyper is None else jax.device_put(dict(hyper), sharding.replicated(mesh))
+
+  def step(state: TrainState, batch: Dict[str, jax.Array]):
+    return jitted(state, batch, hyper)
+
+  step.lower = lambda state, batch: jitted.lower(state, batch, hyper)
+  step.trace_count = lambda: traces[0]
+  return step
 
 
 # -------------------------------------------------------------------------- loop
@@ -260,6 +290,7 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike,
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  compile_clock = throughput.CompileClock()
   mesh = sharding.make_mesh(config.mesh)
   data = prepare_data(config, workdir)
   model, model_config, pretrained = build_model(config, data.tokenizer)
@@ -307,8 +338,10 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike,
 
   train_step = make_train_step(model, optimizer, schedule, model_config,
                                optimizer_config.gradient_accumulation_steps, mesh, state_shardings,
-                               optim.make_update_fn(optimizer_config, updates, optimizer))
-  predict_step = prediction.make_predict_step(model, mesh, state_shardings.params)
+                               optim.make_update_fn(optimizer_config, updates, optimizer),
+                               hyper=runtime_hyperparameters(optimizer_config, model_config, updates))
+  predict_step = prediction.make_predict_step(model, mesh, state_shardings.params,
+                                              threshold=model_config.sen_filter_threshold)
 
   def run_eval(step: int) -> bool:
     """Evaluates; True when `on_evaluation` asks to stop."""
@@ -390,6 +423,9 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike,
       "steps_per_epoch": steps_per_epoch,
       "train_step_compilations": train_step.trace_count(),
       "predict_step_compilations": predict_step.trace_count(),
+      # This process's compilation time (a resumed run: since it resumed) and its use of
+      # the persistent cache.
+      "compilation": compile_clock.read(),
   }
   if stopped_at is not None:
     results["stopped_at_step"] = stopped_at
