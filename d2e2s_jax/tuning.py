@@ -614,6 +614,12 @@ class Objective:
       return trial.should_prune()
 
     results = trainer.train_and_evaluate(config, workdir, on_evaluation=on_evaluation if report else None)
+    # Compilation time over the trial's seeds: what sharing one compiled step between
+    # trials (runtime hyperparameters + the persistent cache) saves shows here.
+    compiled = results.get("compilation", {})
+    trial.set_user_attr("compile_s", round(trial.user_attrs.get("compile_s", 0.0) + compiled.get("seconds", 0.0), 1))
+    trial.set_user_attr("cache_misses", trial.user_attrs.get("cache_misses", 0)
+                        + compiled.get("persistent_cache_misses", 0))
     if self.config.keep_checkpoints != "all" and results.get("stopped_at_step") is None:
       # A finished run's checkpoints (checkpoints.py's layout), as keep_checkpoints says.
       for kind in ("latest",) if self.config.keep_checkpoints == "best" else ("latest", "best"):
@@ -724,6 +730,8 @@ def progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, n_trials
     step = max(trial.intermediate_values)
     parts.append(f"dev F1 {trial.intermediate_values[step]:.2f} at step {step}")
   parts.append(_duration(trial))
+  if "compile_s" in trial.user_attrs:
+    parts.append(f"compile {trial.user_attrs['compile_s']:.0f}s")
   parts.append(" ".join(f"{k}={_show(v)}" for k, v in trial.params.items()))
   try:
     best = study.best_trial
@@ -881,8 +889,9 @@ def write_report(study: optuna.Study, base: TrainConfig, space: SearchSpace, con
                    f"| {score} |")
     lines.append("")
   lines += ["## Trials (sorted by objective)", "",
-            "| trial | state | dev F1 (mean ± std) | per seed | duration | " + " | ".join(space.names) + " | note |",
-            "|---" * (6 + len(space.names)) + "|"]
+            "| trial | state | dev F1 (mean ± std) | per seed | duration | compile | " + " | ".join(space.names)
+            + " | note |",
+            "|---" * (7 + len(space.names)) + "|"]
   for trial in sorted(trials, key=_sort_key):
     mean, std = dev_summary(trial)
     score = f"{mean:.2f} ± {std:.2f}" if mean is not None and trial.state == states.COMPLETE else ""
@@ -898,7 +907,9 @@ def write_report(study: optuna.Study, base: TrainConfig, space: SearchSpace, con
     if trial.user_attrs.get("resumed_from_step"):
       notes.append("resumed from step " + ", ".join(
           f"{v} (seed {k})" for k, v in trial.user_attrs["resumed_from_step"].items()))
-    cells = [str(trial.number), _state_text(trial, retried).replace("|", "/"), score, per_seed, _duration(trial)]
+    compile_s = trial.user_attrs.get("compile_s")
+    cells = [str(trial.number), _state_text(trial, retried).replace("|", "/"), score, per_seed, _duration(trial),
+             "" if compile_s is None else f"{compile_s:.0f}s"]
     cells += [_show(trial.params[name]) if name in trial.params else "" for name in space.names]
     lines.append("| " + " | ".join(cells + ["; ".join(notes)]) + " |")
   lines += ["", "## Parameter importances", ""]

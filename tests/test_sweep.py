@@ -466,5 +466,8 @@ def test_the_readme_demo_sweep_runs_offline(tmp_path):
   study = _study(study_dir)
   assert [t.state for t in study.trials] == [STATES.COMPLETE] * 2
   assert study.trials[0].params == {"lr": 1e-3, "drop_out_rate": 0.1}  # demo.flags' own values first
+  # The second trial differs only in runtime hyperparameters: every program comes from the cache.
+  assert study.trials[0].user_attrs["cache_misses"] > 0 and study.trials[1].user_attrs["cache_misses"] == 0
+  assert "| compile |" in (study_dir / "sweep.md").read_text()
   assert "note: --epochs" not in result.stderr and (study_dir / "best.flags").is_file()
   assert _parse_train_flags(f"--flagfile={study_dir / 'best.flags'}").epochs == 1

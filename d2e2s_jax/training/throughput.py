@@ -323,3 +323,49 @@ class Meter:
                                  utilisation(self._flops, seconds, self._peak))))
     self.restart()
     return rates
+
+
+# jax.monitoring's duration events of the three parts of a compilation: tracing to a
+# jaxpr, lowering to StableHLO, and the backend compiler (or, on a persistent-cache hit,
+# reading the executable from the cache).
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+_CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "persistent_cache_hits",
+                 "/jax/compilation_cache/cache_misses": "persistent_cache_misses"}
+_compile_totals = {"seconds": 0.0, "persistent_cache_hits": 0, "persistent_cache_misses": 0}
+
+
+@functools.lru_cache(maxsize=None)
+def _listen_to_compilations() -> None:
+  """Registers the process-wide listeners once (jax.monitoring cannot unregister them)."""
+
+  def on_duration(event: str, seconds: float, **_) -> None:
+    if event in COMPILE_EVENTS:
+      _compile_totals["seconds"] += seconds
+
+  def on_event(event: str, **_) -> None:
+    if event in _CACHE_EVENTS:
+      _compile_totals[_CACHE_EVENTS[event]] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(on_duration)
+  jax.monitoring.register_event_listener(on_event)
+
+
+class CompileClock:
+  """Compilation time and persistent-cache use in this process since the clock started.
+
+  `read()` returns `seconds` (tracing + lowering + compiling, or reading a cached
+  executable, of every jitted program in the process), `persistent_cache_hits` and
+  `persistent_cache_misses` (0 and 0 without `jax_compilation_cache_dir`, or for
+  programs under `jax_persistent_cache_min_compile_time_secs`).
+  """
+
+  def __init__(self):
+    _listen_to_compilations()
+    self._start = dict(_compile_totals)
+
+  def read(self) -> Dict[str, float]:
+    """The totals since the clock started (seconds rounded to 0.1 ms)."""
+    delta = {key: value - self._start[key] for key, value in _compile_totals.items()}
+    delta["seconds"] = round(delta["seconds"], 4)
+    return delta
