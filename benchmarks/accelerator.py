@@ -428,7 +428,8 @@ def step_part(args: argparse.Namespace, name: str, save: Save) -> Dict[str, Any]
   figures["param_count"] = int(sum(np.size(leaf) for leaf in jax.tree.leaves(state.params)))
   figures["dense_param_count"] = throughput.dense_parameter_counts(state.params)["per_token"]
   step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings,
-                                 optim.make_update_fn(optimizer_config, total_steps, optimizer))
+                                 optim.make_update_fn(optimizer_config, total_steps, optimizer),
+                                 hyper=trainer.runtime_hyperparameters(optimizer_config, model_config, total_steps))
   device_batch = jax.block_until_ready(sharding.shard_batch(batch, mesh))
 
   start = time.perf_counter()
@@ -450,15 +451,15 @@ def step_part(args: argparse.Namespace, name: str, save: Save) -> Dict[str, Any]
 
   metrics = None
   for _ in range(args.warmup):
-    state, metrics = jax.block_until_ready(compiled(state, device_batch))
+    state, metrics = jax.block_until_ready(compiled(state, device_batch, step.hyper))
   seconds = []
   for _ in range(args.steps):
     begin = time.perf_counter()
-    state, metrics = jax.block_until_ready(compiled(state, device_batch))
+    state, metrics = jax.block_until_ready(compiled(state, device_batch, step.hyper))
     seconds.append(time.perf_counter() - begin)
   begin = time.perf_counter()
   for _ in range(args.steps):
-    state, metrics = compiled(state, device_batch)
+    state, metrics = compiled(state, device_batch, step.hyper)
   jax.block_until_ready((state, metrics))
   figures["pipelined_step_s"] = (time.perf_counter() - begin) / args.steps
   metrics = jax.device_get(metrics)

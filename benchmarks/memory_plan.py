@@ -293,7 +293,8 @@ def plan_variant(args: argparse.Namespace, name: str) -> Dict[str, float]:
   abstract_batch = {key: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=batch_sharding)
                     for key, leaf in plain_batch.items()}
   step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings,
-                                 optim.make_update_fn(optimizer_config, total_steps, optimizer))
+                                 optim.make_update_fn(optimizer_config, total_steps, optimizer),
+                                 hyper=trainer.runtime_hyperparameters(optimizer_config, model_config, total_steps))
   lowered = step.lower(abstract_state, abstract_batch)
   lower_s = time.perf_counter() - start
   compiled = lowered.compile()
