@@ -483,7 +483,7 @@ def main(argv: List[str]) -> Dict[str, Any]:
                                   batch_source.batch_config(data[0], training=False), batch_source.seed,
                                   args.plan_repeats)
     figures = {"dataset": args.dataset, "batch": args.batch, "steps": args.steps, "cpu_count": os.cpu_count(),
-               "cpu_model": cpu_model(), "jax_threads_note": "XLA:CPU uses every core",
+               "cpu_model": cpu_model(),
                "configs": {} if args.skip_main else {name: run_config(name, data, args, planning)
                                                       for name in args.configs}}
     if args.layer_loops:
