@@ -37,6 +37,13 @@ Planning, measured both ways in the same run:
   shape, summed over each set. Other configs extrapolate: shapes x their own
   `eval_compile_s` (one predict compilation), named `*_estimated_s`.
 
+The encoder's layer loop (`--layer_loops scan,unroll`, issue 15): for each config, one
+train state, training step and predict step per mode (`TrainConfig.layer_loop`), then
+the training step on the same first batch and the predict step on the same dev batch,
+interleaved mode by mode for `--steps` / `--eval_batches` repetitions; figures under
+`layer_loops/<config>/<mode>` and `unroll_over_scan_*` (time ratios, < 1: unroll is
+faster). The main measurements above use the setting's default (`auto`).
+
 The A/B of issue 7's head fixes against the implementations they replaced ran here up to
 commit 263aad2 (`--fix_repeats`); it is in the git history, not in the library.
 
@@ -64,6 +71,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
+from encoder_throughput import cpu_model  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
@@ -99,8 +107,15 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   parser.add_argument("--eval_compile_configs", default="tiny",
                       help="configs whose predict step is compiled for every distinct dev+test shape "
                            "(others extrapolate from one compilation)")
+  parser.add_argument("--layer_loops", default="",
+                      help="comma-separated encoder layer loops (scan,unroll) to A/B interleaved; empty: skip")
+  parser.add_argument("--skip_main", action="store_true",
+                      help="only the --layer_loops A/B (no epoch walk, evaluation or planning figures)")
   parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
   args = parser.parse_args(argv)
+  args.layer_loops = [mode.strip() for mode in args.layer_loops.split(",") if mode.strip()]
+  if set(args.layer_loops) - {"scan", "unroll"}:
+    parser.error("--layer_loops must be a comma-separated subset of scan,unroll")
   args.configs = [name.strip() for name in args.configs.split(",") if name.strip()]
   if not args.configs or set(args.configs) - set(CONFIGS):
     parser.error(f"--configs must be a subset of {list(CONFIGS)}")
@@ -391,6 +406,66 @@ def run_config(name: str, data, args: argparse.Namespace, planning: Dict[str, An
   return figures
 
 
+def layer_loop_figures(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
+  """The training and predict steps of config `name` per encoder layer loop, timed interleaved."""
+  sizes = CONFIGS[name]
+  tokenizer, _, encoded = data
+  base_config = run_train_config(name, tokenizer, args)
+  train_config = base_config.batch_config(tokenizer, training=True)
+  first = next(batching.train_batches(encoded["train"], train_config, 0, base_config.seed))
+  eval_list = list(batching.eval_batches(encoded["dev"], base_config.batch_config(tokenizer, training=False)))
+  shapes = [b["input_ids"].shape for b in eval_list]
+  eval_batch = next(b for b in eval_list if b["input_ids"].shape == max(set(shapes), key=shapes.count))
+  mesh = sharding.make_mesh(base_config.mesh)
+  steps_per_epoch = len(encoded["train"]) // args.batch
+  device_batch = block(sharding.shard_batch(first, mesh))
+  device_eval_batch = block(sharding.shard_batch(eval_batch, mesh))
+  pieces, states, figures = {}, {}, {}
+  for mode in args.layer_loops:
+    config = dataclasses.replace(base_config, layer_loop=mode)
+    encoder_config = dataclasses.replace(config.encoder_config(tokenizer),
+                                         vocab_size=max(len(tokenizer), sizes["vocab"]))
+    model_config = config.model_config(encoder_config)
+    model = d2e2s.D2E2S(model_config)
+    optimizer_config = config.optimizer_config()
+    optimizer = optim.make_optimizer(optimizer_config, steps_per_epoch)
+    schedule = optim.learning_rate_schedule(optimizer_config, steps_per_epoch)
+    state, state_shardings = trainer.create_train_state(model, optimizer, first, config.seed, mesh)
+    train_step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings)
+    predict_step = prediction.make_predict_step(model, mesh, state_shardings.params)
+    common.log(f"[{name}/{mode}] compiling the train and predict steps ...")
+    start = time.perf_counter()
+    state, _ = block(train_step(state, device_batch))
+    compile_train = time.perf_counter() - start
+    start = time.perf_counter()
+    block(predict_step(state.params, device_eval_batch))
+    figures[mode] = {"train_compile_s": compile_train, "eval_compile_s": time.perf_counter() - start}
+    states[mode] = state
+
+    def train(mode=mode, train_step=train_step):
+      states[mode], _ = block(train_step(states[mode], device_batch))
+
+    def predict(mode=mode, predict_step=predict_step):
+      block(predict_step(states[mode].params, device_eval_batch))
+
+    pieces[f"{mode}/train"], pieces[f"{mode}/predict"] = train, predict
+  seconds = common.interleaved({key: fn for key, fn in pieces.items() if key.endswith("/train")}, args.steps)
+  seconds.update(common.interleaved({key: fn for key, fn in pieces.items() if key.endswith("/predict")},
+                                    args.eval_batches))
+  rows, eval_rows = int(first["example_mask"].sum()), int(eval_batch["example_mask"].sum())
+  for mode in args.layer_loops:
+    figures[mode]["train_step_s"] = common.median(seconds[f"{mode}/train"])
+    figures[mode]["train_sentences_per_s"] = rows / figures[mode]["train_step_s"]
+    figures[mode]["eval_predict_s"] = common.median(seconds[f"{mode}/predict"])
+    figures[mode]["eval_sentences_per_s"] = eval_rows / figures[mode]["eval_predict_s"]
+  if {"scan", "unroll"} <= set(args.layer_loops):
+    for key in ("train_step_s", "eval_predict_s", "train_compile_s"):
+      figures[f"unroll_over_scan_{key}"] = figures["unroll"][key] / figures["scan"][key]
+  figures.update(train_shape=list(first["input_ids"].shape), eval_shape=list(eval_batch["input_ids"].shape),
+                 load_average=list(os.getloadavg()))
+  return figures
+
+
 def main(argv: List[str]) -> Dict[str, Any]:
   args = parse_args(argv)
   data = common.load_dataset(args.dataset, args.data_dir, max_length=args.max_length,
@@ -401,14 +476,18 @@ def main(argv: List[str]) -> Dict[str, Any]:
     figures: Dict[str, Any] = {"skipped": message}
   else:
     planning = None
-    if args.plan_repeats:
+    if args.plan_repeats and not args.skip_main:
       common.log("planning: per epoch / evaluation vs once per run; separate vs merged eval plans ...")
       batch_source = run_train_config(args.configs[0], data[0], args)
       planning = planning_figures(data[2], batch_source.batch_config(data[0], training=True),
                                   batch_source.batch_config(data[0], training=False), batch_source.seed,
                                   args.plan_repeats)
     figures = {"dataset": args.dataset, "batch": args.batch, "steps": args.steps, "cpu_count": os.cpu_count(),
-               "configs": {name: run_config(name, data, args, planning) for name in args.configs}}
+               "cpu_model": cpu_model(),
+               "configs": {} if args.skip_main else {name: run_config(name, data, args, planning)
+                                                      for name in args.configs}}
+    if args.layer_loops:
+      figures["layer_loops"] = {name: layer_loop_figures(name, data, args) for name in args.configs}
     if planning:
       figures["planning"] = {key: value for key, value in planning.items() if not key.startswith("_")}
     if not args.json:
@@ -418,6 +497,11 @@ def main(argv: List[str]) -> Dict[str, Any]:
       for name, values in figures["configs"].items():
         print(f"== {name}")
         common.emit(values, as_json=False)
+      for name, values in figures.get("layer_loops", {}).items():
+        print(f"== layer loops, {name}")
+        common.emit({f"{k}/{kk}" if isinstance(v, dict) else k: vv
+                     for k, v in values.items() for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])},
+                    as_json=False)
   if args.json:
     common.emit(figures, as_json=True)
   return figures

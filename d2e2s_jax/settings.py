@@ -32,6 +32,7 @@ SCRATCH = "scratch"  # `encoder` value: a randomly initialised DeBERTa-v2 of the
 
 # Choice lists that models and the optimizer implement (they import them from here).
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+LAYER_LOOPS = ("auto", "scan", "unroll")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 MOMENT_DTYPES = ("float32", "bfloat16")
 GRAPH_IMPLEMENTATIONS = ("dense", "jraph")
@@ -139,6 +140,10 @@ class Settings:
   scratch_position_buckets: int = setting(32, "Relative position buckets of the from-scratch encoder.", POSITIVE)
   remat_policy: str = setting("none", "Rematerialise encoder layers in the backward pass: "
                               + ", ".join(REMAT_POLICIES) + ".", one_of(*REMAT_POLICIES))
+  layer_loop: str = setting("auto", "How the encoder runs layers 1..N-1: scan (one traced layer body: compiles in "
+                            "seconds at any depth), unroll (every layer inlined: no per-layer slicing of the stacked "
+                            "parameters and residuals, longer compiles) or auto (the platform's measured choice, "
+                            "see deberta_v2.AUTO_LAYER_LOOP).", one_of(*LAYER_LOOPS))
   compute_dtype: str = setting("float32", "Compute dtype: float32 or bfloat16 (parameters stay float32).",
                                one_of(*COMPUTE_DTYPES))
   # D2E2S head.

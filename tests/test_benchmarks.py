@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/train_step.py, memory_plan.py and decode.py (no timing asserted).
+"""Smoke tests of benchmarks/train_step.py, predictor_throughput.py, memory_plan.py, decode.py (no timing asserted).
 
 Each benchmark runs as a subprocess with tiny settings and must print one JSON object
 with the expected keys as its last line. Compiling the full D2E2S training step takes
@@ -33,8 +33,10 @@ def run_benchmark(name, *flags, timeout=900):
   return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def test_train_step_reports_missing_data_as_skipped(tmp_path):
-  figures = run_benchmark("train_step.py", "--configs", "tiny", "--data_dir", str(tmp_path))
+@pytest.mark.parametrize("name", ["train_step.py", "predictor_throughput.py"])
+def test_benchmarks_report_missing_data_as_skipped(tmp_path, name):
+  flags = ["--configs", "tiny"] if name == "train_step.py" else ["--config", "tiny"]
+  figures = run_benchmark(name, *flags, "--data_dir", str(tmp_path))
   assert figures["skipped"].startswith("skipped: no ASTE data")
 
 
@@ -50,6 +52,9 @@ def load_benchmark(name):
     ("train_step", ["--steps", "0"]),
     ("train_step", ["--plan_repeats", "-1"]),
     ("train_step", ["--eval_compile_configs", "huge"]),
+    ("train_step", ["--layer_loops", "while"]),
+    ("predictor_throughput", ["--layer_loops", "scan,while"]),
+    ("predictor_throughput", ["--repeats", "0"]),
     ("memory_plan", ["--variants", "adamw_tpu"]),
     ("memory_plan", ["--hidden", "64", "--head_hidden", "64"]),
     ("decode", ["--regimes", "sleepy"]),
@@ -95,6 +100,22 @@ def test_train_step_runs_tiny_and_prints_json_last(shared_data_dir):
   # Dev and test sharing one plan never need more shapes than separate plans.
   assert 1 <= planning["eval_shapes_merged"] <= planning["eval_shapes_separate"]
   assert planning["epoch_build_old_s"] > 0 and planning["steps_per_epoch"] > 0
+
+
+@pytest.mark.slow
+def test_layer_loop_benchmarks_run_tiny_and_print_json_last(shared_data_dir):
+  figures = run_benchmark("train_step.py", "--configs", "tiny", "--skip_main", "--layer_loops", "scan,unroll",
+                          "--steps", "1", "--eval_batches", "1", "--data_dir", str(shared_data_dir))
+  assert figures["configs"] == {} and figures["cpu_model"]
+  tiny = figures["layer_loops"]["tiny"]
+  for mode in ("scan", "unroll"):
+    assert tiny[mode]["train_sentences_per_s"] > 0 and tiny[mode]["eval_sentences_per_s"] > 0
+  assert tiny["unroll_over_scan_train_step_s"] == pytest.approx(tiny["unroll"]["train_step_s"] /
+                                                                 tiny["scan"]["train_step_s"])
+  figures = run_benchmark("predictor_throughput.py", "--config", "tiny", "--sentences", "20", "--repeats", "1",
+                          "--data_dir", str(shared_data_dir))
+  assert figures["sentences"] == 20 and figures["scan_sentences_per_s"] > 0 and figures["unroll_sentences_per_s"] > 0
+  assert figures["unroll_over_scan_pass_s"] == pytest.approx(figures["unroll_pass_s"] / figures["scan_pass_s"])
 
 
 @pytest.mark.slow

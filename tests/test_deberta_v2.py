@@ -93,14 +93,15 @@ def masked_max_diff(ours, theirs, mask) -> float:
   return float(np.max(np.abs(np.asarray(ours, np.float32) - theirs) * mask[..., None]))
 
 
+@pytest.mark.parametrize("layer_loop", ["scan", "unroll"])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_hidden_states_match_transformers(variant):
+def test_hidden_states_match_transformers(variant, layer_loop):
   config = make_config(variant)
   reference = torch_model(config)
   params = deberta_v2_convert.hf_to_flax(reference.state_dict(), config)
   ids, mask, token_types = padded_batch(config)
   expected = torch_hidden_states(reference, ids, mask, token_types)
-  model = DebertaV2Model(config)
+  model = DebertaV2Model(config, layer_loop=layer_loop)
   types = jnp.asarray(token_types) if config.type_vocab_size else None
   last, hidden_states = jax.jit(lambda p: model.apply({"params": p}, ids, mask, types, output_hidden_states=True))(
       params)
@@ -129,7 +130,8 @@ def test_relative_position_tables_match_transformers(length, buckets, max_relati
   assert 0 <= first and first + count <= 2 * span and count == max(c2p.max(), p2c.max()) + 1
 
 
-def test_gradients_match_transformers():
+@pytest.mark.parametrize("layer_loop", ["scan", "unroll"])
+def test_gradients_match_transformers(layer_loop):
   config = make_config("xxlarge")
   reference = torch_model(config)
   ids, mask, _ = padded_batch(config)
@@ -140,7 +142,7 @@ def test_gradients_match_transformers():
   (out * torch.tensor(weights)).sum().backward()
   expected = deberta_v2_convert.hf_to_flax({n: p.grad for n, p in reference.named_parameters()}, config)
 
-  model = DebertaV2Model(config)
+  model = DebertaV2Model(config, layer_loop=layer_loop)
   params = deberta_v2_convert.hf_to_flax(reference.state_dict(), config)
   grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, ids, mask) * weights)))(params)
   flat_ours = jax.tree_util.tree_leaves_with_path(grads)
@@ -183,6 +185,32 @@ def test_remat_gives_same_outputs_and_gradients(policy):
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6 * max(1.0, float(np.abs(b).max())), rtol=0),
       grads_remat, grads_plain)
+
+
+def test_layer_loop_changes_the_program_not_the_parameters():
+  config = dataclasses.replace(make_config("xxlarge"), num_hidden_layers=4)
+  ids = jnp.zeros((2, 16), jnp.int32)
+  programs, trees = {}, {}
+  for loop in ("scan", "unroll"):
+    model = DebertaV2Model(config, layer_loop=loop)
+    params = jax.eval_shape(lambda m=model: deberta_v2.init_params(m, jax.random.PRNGKey(0)))
+    trees[loop] = jax.tree.map(lambda leaf: leaf.shape, params)
+    programs[loop] = jax.jit(lambda p, m=model: m.apply({"params": p}, ids)).lower(params).as_text()
+  assert trees["scan"] == trees["unroll"]  # same stacked `layers` axis: checkpoints and rules unchanged
+  assert "stablehlo.while" in programs["scan"] and "stablehlo.while" not in programs["unroll"]
+
+
+def test_auto_layer_loop_resolves_per_platform(monkeypatch):
+  assert deberta_v2.resolve_layer_loop("scan") == "scan"
+  assert deberta_v2.resolve_layer_loop("unroll", "cpu") == "unroll"
+  assert deberta_v2.resolve_layer_loop("auto", "cpu") == deberta_v2.AUTO_LAYER_LOOP["cpu"]
+  assert deberta_v2.resolve_layer_loop("auto", "tpu") == deberta_v2.AUTO_LAYER_LOOP_OTHERWISE
+  monkeypatch.setitem(deberta_v2.AUTO_LAYER_LOOP, "cpu", "unroll")
+  assert deberta_v2.resolve_layer_loop("auto") == "unroll"  # this test suite runs on CPU
+  with pytest.raises(ValueError, match="layer_loop"):
+    deberta_v2.resolve_layer_loop("sometimes")
+  with pytest.raises(ValueError, match="layer_loop"):
+    deberta_v2.init_params(DebertaV2Model(make_config("xxlarge"), layer_loop="sometimes"), jax.random.PRNGKey(0))
 
 
 def test_unknown_remat_policy_is_rejected():
@@ -264,7 +292,7 @@ def test_scan_keeps_compile_size_independent_of_depth():
   sizes = []
   for layers in (3, 12):
     config = dataclasses.replace(make_config("xxlarge"), num_hidden_layers=layers)
-    model = DebertaV2Model(config)
+    model = DebertaV2Model(config, layer_loop="scan")
     params = jax.eval_shape(lambda m=model: deberta_v2.init_params(m, jax.random.PRNGKey(0)))
     ids = jnp.zeros((2, 16), jnp.int32)
     sizes.append(len(jax.jit(lambda p, m=model: m.apply({"params": p}, ids)).lower(params).as_text()))

@@ -19,22 +19,34 @@ def load_benchmark():
   return module
 
 
-def test_benchmark_runs_and_prints_json_last(monkeypatch, capsys):
+def test_benchmark_runs_and_prints_json_last(monkeypatch, capsys, tmp_path):
   benchmark = load_benchmark()
   # The real figures use a 128k vocabulary and width 768; the code path is the same.
   monkeypatch.setattr(benchmark, "BASE_CONFIG", {**benchmark.BASE_CONFIG, "vocab_size": 100, "hidden_size": 32,
                                                  "num_attention_heads": 4, "intermediate_size": 48,
                                                  "position_buckets": 8})
-  figures = benchmark.main(["--repeats", "2", "--layers", "2", "--batch", "2", "--length", "12", "--json"])
+  figures = benchmark.main(["--repeats", "2", "--layers", "3", "--batch", "2", "--length", "12", "--json",
+                            "--profile_dir", str(tmp_path), "--top_ops", "3"])
   last_line = capsys.readouterr().out.strip().splitlines()[-1]
-  assert json.loads(last_line) == pytest.approx(figures)
+  assert json.loads(last_line) == json.loads(json.dumps(figures))
   for phase in ("forward", "forward_backward"):
     assert figures[f"ours_{phase}_tokens_per_s"] > 0 and figures[f"torch_{phase}_tokens_per_s"] > 0
     assert figures[f"{phase}_ratio"] == pytest.approx(figures[f"ours_{phase}_tokens_per_s"] /
                                                       figures[f"torch_{phase}_tokens_per_s"])
-  assert (figures["layers"], figures["batch"], figures["length"], figures["repeats"]) == (2, 2, 12, 2)
+    for mode in ("scan", "unroll"):  # both loop modes, beside the same PyTorch measurements
+      assert figures[f"{mode}_{phase}_ratio"] == pytest.approx(figures[f"{mode}_{phase}_tokens_per_s"] /
+                                                               figures[f"torch_{phase}_tokens_per_s"])
+      assert figures[f"{mode}_{phase}_cpu_s"] > 0 and figures[f"{mode}_{phase}_minor_faults"] >= 0
+  assert figures["headline_layer_loop"] == figures["auto_layer_loop"]
+  assert figures["ours_forward_tokens_per_s"] == figures[f"{figures['auto_layer_loop']}_forward_tokens_per_s"]
+  assert figures["cpu_model"] and figures["torch_threads"] >= 1 and len(figures["load_average_before"]) == 3
+  assert (figures["layers"], figures["batch"], figures["length"], figures["repeats"]) == (3, 2, 12, 2)
+  for mode in ("scan", "unroll"):
+    rows = figures[f"{mode}_top_ops"]
+    assert 0 < len(rows) <= 3 and all(row[1] in ("forward", "backward") for row in rows)
 
 
-def test_benchmark_rejects_bad_flags():
+@pytest.mark.parametrize("flags", [["--repeats", "0"], ["--layer_loops", "while"], ["--layer_loops", ""]])
+def test_benchmark_rejects_bad_flags(flags):
   with pytest.raises(SystemExit):
-    load_benchmark().parse_args(["--repeats", "0"])
+    load_benchmark().parse_args(flags)

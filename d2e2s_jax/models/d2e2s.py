@@ -69,6 +69,7 @@ SETTING_NAMES = {
     "graph_implementation": "graph_implementation",
     "dtype": "compute_dtype",
     "remat_policy": "remat_policy",
+    "layer_loop": "layer_loop",
 }
 _DEFAULT = settings.component_defaults(SETTING_NAMES)
 
@@ -109,6 +110,7 @@ class D2E2SConfig:
     encoder: the DeBERTa-v2 config of the full model, None for the head alone.
     remat_policy: rematerialisation of the encoder's layers in the backward pass
       ("none", "full", "dots", "dots_no_batch"): memory for recomputation.
+    layer_loop: how the encoder runs its layers ("auto", "scan", "unroll"; see deberta_v2.py).
   """
 
   hidden_size: int = 768
@@ -131,6 +133,7 @@ class D2E2SConfig:
   dtype: str = _DEFAULT["dtype"]
   encoder: Optional[Any] = None  # DebertaV2Config; Any keeps this module free of the encoder
   remat_policy: str = _DEFAULT["remat_policy"]  # the encoder layers' rematerialisation (see deberta_v2.py)
+  layer_loop: str = _DEFAULT["layer_loop"]  # scan or unroll the encoder's layers (see deberta_v2.py)
 
   def __post_init__(self):
     settings.check_fields(self, SETTING_NAMES)
@@ -405,7 +408,7 @@ class D2E2S(nn.Module):
       raise ValueError("D2E2S needs config.encoder (a DebertaV2Config); use D2E2SHead for the head alone")
     from d2e2s_jax.models.deberta_v2 import DebertaV2Model  # the encoder module is optional for the head
     self.encoder = DebertaV2Model(self.config.encoder, dtype=self.config.compute_dtype,
-                                  remat_policy=self.config.remat_policy)
+                                  remat_policy=self.config.remat_policy, layer_loop=self.config.layer_loop)
     self.head = D2E2SHead(self.config)
 
   def encode(self, batch: Mapping[str, Array], deterministic: bool) -> Array:

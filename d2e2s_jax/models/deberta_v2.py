@@ -15,6 +15,15 @@ Layout and execution:
   independent of the convolution and keeps the scan body free of a per-layer branch.
 * `remat_policy` ("none", "full", "dots", "dots_no_batch") wraps every layer in
   `nn.remat` with that `jax.checkpoint_policies` policy.
+* `layer_loop` ("scan", "unroll", "auto") is how the compiled program runs layers
+  1..N-1. "scan" is a while loop over the stacked parameters: each iteration slices its
+  layer's weights out of the stack (a copy on XLA:CPU), writes its residuals into stacked
+  buffers, and the backward pass reads those back and writes each layer's weight
+  gradient into a zero-filled stacked buffer (dynamic-update-slice). "unroll" passes
+  `unroll=N-1` to the same `nn.scan`, so the parameter tree is unchanged; XLA then sees
+  straight-line code (static slices, no loop-carried buffers) but still concatenates
+  the per-layer gradients into the stack, and compiles about twice as long. "auto"
+  takes the platform's entry of `AUTO_LAYER_LOOP`.
 * Relative-position index tables are numpy constants built at trace time from the static
   sequence length (cached per length). Only the rows of the relative-embedding table that
   the tables reach are projected, which for short sentences is far fewer than the
@@ -62,6 +71,21 @@ REMAT_POLICIES = dict(zip(settings.REMAT_POLICIES, (
     jax.checkpoint_policies.dots_saveable,  # dots
     jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # dots_no_batch
 ), strict=True))
+
+# The `layer_loop` setting's values; "auto" resolves per platform with this table (the
+# measurements behind it are in the README's Performance section).
+LAYER_LOOPS = settings.LAYER_LOOPS
+AUTO_LAYER_LOOP = {"cpu": "scan"}
+AUTO_LAYER_LOOP_OTHERWISE = "scan"  # GPU/TPU (not yet measured): keep the fast compile at 48 layers
+
+
+def resolve_layer_loop(layer_loop: str, platform: Optional[str] = None) -> str:
+  """"scan" or "unroll" for a `layer_loop` value; "auto" looks up `platform` (default: jax's backend)."""
+  if layer_loop not in LAYER_LOOPS:
+    raise ValueError(f"layer_loop {layer_loop!r} not in {list(LAYER_LOOPS)}")
+  if layer_loop != "auto":
+    return layer_loop
+  return AUTO_LAYER_LOOP.get(platform or jax.default_backend(), AUTO_LAYER_LOOP_OTHERWISE)
 
 
 def activation(name: str) -> Callable[[Array], Array]:
@@ -341,6 +365,12 @@ def _maybe_remat(cls, policy: str, prevent_cse: bool = True):
   return nn.remat(cls, policy=REMAT_POLICIES[policy], prevent_cse=prevent_cse)
 
 
+def _scan_unroll(layer_loop: str, length: int) -> int:
+  # Unrolling keeps nn.scan (and so the stacked `layers` parameter axis, checkpoints and
+  # sharding rules) and only changes the compiled loop.
+  return length if resolve_layer_loop(layer_loop) == "unroll" else 1
+
+
 class ConvLayer(nn.Module):
   """The convolution after layer 0 (HF `ConvLayer`): conv over time, mask, act, residual LN."""
 
@@ -371,6 +401,7 @@ class DebertaV2Encoder(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat_policy: str = "none"
+  layer_loop: str = "auto"
 
   @nn.compact
   def __call__(self, embeddings: Array, mask: Array, deterministic: bool, output_hidden_states: bool):
@@ -404,6 +435,7 @@ class DebertaV2Encoder(nn.Module):
       scanned = nn.scan(
           _maybe_remat(_ScanStep, self.remat_policy, prevent_cse=False), variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers - 1,
+          unroll=_scan_unroll(self.layer_loop, cfg.num_hidden_layers - 1),
           metadata_params={nn.PARTITION_NAME: "layers"})
       hidden, stacked = scanned(cfg, self.dtype, self.param_dtype, deterministic, output_hidden_states,
                                 name="layer")(hidden, pair_mask, rel_embeddings)
@@ -422,12 +454,14 @@ class DebertaV2Model(nn.Module):
     dtype: compute dtype (e.g. jnp.bfloat16); softmax and LayerNorm statistics stay float32.
     param_dtype: parameter dtype.
     remat_policy: "none", "full", "dots" or "dots_no_batch" (see REMAT_POLICIES).
+    layer_loop: "scan", "unroll" or "auto" (see LAYER_LOOPS, `resolve_layer_loop`).
   """
 
   config: DebertaV2Config
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat_policy: str = "none"
+  layer_loop: str = "auto"
 
   @nn.compact
   def __call__(self, input_ids: Array, attention_mask: Optional[Array] = None,
@@ -455,7 +489,8 @@ class DebertaV2Model(nn.Module):
       raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}")
     embeddings = DebertaV2Embeddings(self.config, self.dtype, self.param_dtype, name="embeddings")(
         input_ids, attention_mask, token_type_ids, position_ids, deterministic)
-    return DebertaV2Encoder(self.config, self.dtype, self.param_dtype, self.remat_policy, name="encoder")(
+    return DebertaV2Encoder(self.config, self.dtype, self.param_dtype, self.remat_policy, self.layer_loop,
+                            name="encoder")(
         embeddings, attention_mask, deterministic, output_hidden_states)
 
 
