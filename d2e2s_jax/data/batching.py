@@ -55,6 +55,7 @@ SETTING_NAMES = {
     "neg_triple_count": "neg_triple_count",
     "released_graph": "released_graph",
     "length_grouping_batches": "length_grouping_batches",
+    "token_buckets_per_octave": "token_buckets_per_octave",
 }
 _DEFAULT = settings.component_defaults(SETTING_NAMES)
 
@@ -100,6 +101,7 @@ class BatchConfig:
   drop_remainder: bool = True
   shuffle: bool = True
   length_grouping_batches: int = _DEFAULT["length_grouping_batches"]
+  token_buckets_per_octave: int = _DEFAULT["token_buckets_per_octave"]
   eval_sort_by_length: bool = True
 
   def __post_init__(self):
@@ -117,8 +119,9 @@ class BatchConfig:
     return cls(pad_token_id=int(tokenizer.pad_token_id), **kwargs)
 
 
-# Smallest default T bucket: short sentences share one shape.
-_TOKEN_FLOOR = 16
+# Smallest default T bucket, times the buckets per octave (16 for the default 2, 8 for 4):
+# short sentences share one shape, and finer series pad them less too.
+_TOKEN_FLOOR_TIMES_STEPS = 32
 # S, P and E are rounded up to a multiple of this.
 _AXIS_QUANTUM = 8
 
@@ -167,7 +170,7 @@ class ShapePlan:
     spans of T - 2 one-piece words and T * T edges, so the jitted step compiles once per
     T bucket, whichever sentences later calls bring.
     """
-    lengths = np.arange(1, bucket_size(max_length, None, _TOKEN_FLOOR) + 1)
+    lengths = np.arange(1, bucket_size(max_length, None, _TOKEN_FLOOR_TIMES_STEPS // 2) + 1)
     words = np.maximum(lengths - 2, 0)
     spans = [num_candidate_spans(int(n), max_span_size) for n in words]
     return cls(lengths=lengths, running_max=np.stack([spans, np.zeros_like(lengths), lengths * lengths], axis=1))
@@ -189,14 +192,18 @@ def _round_up(value: int, quantum: int) -> int:
   return -(-value // quantum) * quantum
 
 
-def bucket_size(size: int, buckets: Optional[Sequence[int]], floor: int = 1) -> int:
-  """The padded size for `size`: the smallest bucket that holds it (see BatchConfig)."""
+def bucket_size(size: int, buckets: Optional[Sequence[int]], floor: int = 1, per_octave: int = 2) -> int:
+  """The padded size for `size`: the smallest bucket that holds it (see BatchConfig).
+
+  Without explicit `buckets` the sizes run from `floor` in `per_octave` equal steps per
+  doubling: 2 gives 16, 24, 32, 48, 64, ... (at most 1.5x padding), 4 gives 16, 20,
+  24, 28, 32, 40, ... (at most 1.25x).
+  """
   size = max(size, 1)
   if buckets is None:
     bucket = floor
     while bucket < size:
-      # Alternate 2^k -> 3*2^(k-1) -> 2^(k+1): steps of 1.5x and 1.33x.
-      bucket = bucket * 3 // 2 if bucket & (bucket - 1) == 0 and bucket >= 2 else _next_power_of_two(bucket + 1)
+      bucket += max((1 << (bucket.bit_length() - 1)) // per_octave, 1)
     return bucket
   for bucket in buckets:
     if bucket >= size:
@@ -205,8 +212,10 @@ def bucket_size(size: int, buckets: Optional[Sequence[int]], floor: int = 1) -> 
   return -(-size // largest) * largest
 
 
-def _next_power_of_two(value: int) -> int:
-  return 1 << (value - 1).bit_length()
+def token_bucket(num_tokens: int, config: BatchConfig) -> int:
+  """The padded T of a batch whose longest sentence has `num_tokens` pieces."""
+  steps = config.token_buckets_per_octave
+  return bucket_size(num_tokens, config.token_buckets, max(_TOKEN_FLOOR_TIMES_STEPS // steps, 1), steps)
 
 
 def padded_sizes(num_tokens: int, num_spans: int, num_pairs: int, num_edges: int, config: BatchConfig,
@@ -217,7 +226,7 @@ def padded_sizes(num_tokens: int, num_spans: int, num_pairs: int, num_edges: int
   An axis with explicit buckets in the config is bucketed on its own; otherwise it is
   sized by the dataset's `ShapePlan`, as a function of T.
   """
-  seq_len = bucket_size(num_tokens, config.token_buckets, _TOKEN_FLOOR)
+  seq_len = token_bucket(num_tokens, config)
   sizes = [seq_len]
   for axis, (need, buckets) in enumerate(((num_spans, config.span_buckets), (num_pairs, config.pair_buckets),
                                           (num_edges, config.edge_buckets))):
@@ -331,12 +340,18 @@ def train_order(lengths: Sequence[int], config: BatchConfig, epoch: int, seed: i
   full = num_examples // config.batch_size * config.batch_size
   # The dropped remainder is the tail of the shuffled order, with or without grouping.
   order = order[:full if config.drop_remainder else num_examples]
-  if config.length_grouping_batches:
-    lengths = np.asarray(lengths)
-    window = config.length_grouping_batches * config.batch_size
-    order = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
-                            for chunk in np.split(order, range(window, len(order), window))])
   batches = [order[start:start + config.batch_size] for start in range(0, len(order), config.batch_size)]
+  if config.length_grouping_batches and batches:
+    # Windows of about k batches each (equal sizes: no small, ill-grouped last window);
+    # within one, sentences are ordered by their T bucket, ties in the shuffled order:
+    # the same padding as a sort by length, random batches within a bucket.
+    buckets = np.asarray([token_bucket(int(length), config) for length in lengths])
+    windows = np.array_split(np.arange(len(batches)), -(-len(batches) // config.length_grouping_batches))
+    batches = []
+    for window in windows:
+      chunk = order[window[0] * config.batch_size:min((window[-1] + 1) * config.batch_size, len(order))]
+      chunk = chunk[np.argsort(buckets[chunk], kind="stable")]
+      batches.extend(chunk[start:start + config.batch_size] for start in range(0, len(chunk), config.batch_size))
   if config.length_grouping_batches and config.shuffle:
     # Shuffle the batch order so the epoch is no length curriculum.
     batches = [batches[index] for index in rng.permutation(len(batches))]
@@ -374,11 +389,16 @@ def eval_batches(encoded: Sequence[EncodedExample], config: BatchConfig,
   _check_indices(encoded)
   edges, plan = planned or plan_dataset(encoded, config, train=False)
   order = list(encoded)
+  starts = list(range(0, len(order), config.batch_size))
   if config.eval_sort_by_length:
     order.sort(key=lambda item: item.num_pieces)
-  for start in range(0, len(order), config.batch_size):
+    # The partial batch (padded with empty rows) holds the shortest sentences, not the longest.
+    remainder = len(order) % config.batch_size
+    if remainder:
+      starts = [0] + list(range(remainder, len(order), config.batch_size))
+  for start, end in zip(starts, starts[1:] + [len(order)]):
     rows = [(item, sampling.eval_sample(item, max_span_size=config.max_span_size), edges[item.index])
-            for item in order[start:start + config.batch_size]]
+            for item in order[start:end]]
     yield _assemble(rows, config, plan, with_pairs=False)
 
 
