@@ -15,13 +15,16 @@ Public API:
   `eval_batches`.
 * `eval_batches(encoded, config)`: every sentence once (by default in length order,
   `example_index` says which), every candidate span with its gold label; no pair keys.
-  The last batch is padded with empty rows.
+  One batch (the last; in length order the first, of the shortest sentences) is padded
+  with empty rows.
+* `token_bucket(num_tokens, config)`: the padded T of a batch.
 * `shape_report(encoded, config)`: distinct batch shapes in an epoch and padding
   efficiency.
 
 A batch is a flat dict of numpy arrays whose leading axis is the (static) batch size,
 so it can be sharded along that axis. T (sequence) is rounded up to a bucket, by default
-the sizes 2^k and 3 * 2^(k-1) from 16 (at most 1.5x padding); S (spans), P (pairs) and
+the sizes 2^k and 3 * 2^(k-1) from 16 (at most 1.5x padding; `token_buckets_per_octave=4`:
+quarter octaves from 8, at most 1.25x); S (spans), P (pairs) and
 E (graph edges per sentence) are, by default, functions of T measured on the dataset
 (`ShapePlan`), so every batch with the same T has the same shape and the jitted steps
 compile about once per T bucket.
@@ -81,11 +84,17 @@ class BatchConfig:
     drop_remainder: drop the last partial training batch.
     shuffle: shuffle the training order each epoch.
     length_grouping_batches: 0 (default, the released behaviour) makes batches of
-      uniformly shuffled sentences. k > 0 sorts each run of k batches' worth of shuffled
-      sentences by length before cutting it into batches, then shuffles the batch
-      order: less padding (see `shape_report`), slightly less random batches.
+      uniformly shuffled sentences. k > 0 splits the shuffled epoch into windows of
+      about k batches each (equal sizes), orders each window's sentences by their T
+      bucket (ties keep the shuffled order, so batches stay random within a bucket: the
+      same padding as a sort by length), cuts it into batches, then shuffles the batch
+      order: less padding (see `shape_report`), batches of similar lengths.
+    token_buckets_per_octave: T buckets per doubling when `token_buckets` is None: 2
+      (16, 24, 32, 48, ...) or 4 (8, 10, 12, 14, 16, 20, ...; the series starts at
+      32 / this). Finer buckets pay off with length grouping; they cost compilations.
     eval_sort_by_length: evaluate sentences in length order (less padding; results are
-      keyed by `example_index`, so order does not matter).
+      keyed by `example_index`, so order does not matter); the partial batch is the
+      first, the shortest sentences, so its empty rows are padded to the smallest T.
   """
 
   batch_size: int = _DEFAULT["batch_size"]
