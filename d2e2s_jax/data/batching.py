@@ -28,6 +28,12 @@ quarter octaves from 8, at most 1.25x); S (spans), P (pairs) and
 E (graph edges per sentence) are, by default, functions of T measured on the dataset
 (`ShapePlan`), so every batch with the same T has the same shape and the jitted steps
 compile about once per T bucket.
+
+Deliberate differences from the released code (which pads each batch to its longest
+sentence and shuffles uniformly):
+* Batches are padded to shape buckets (static shapes for jit); padding is masked.
+* `length_grouping_batches` > 0 groups batches by length (off by default; on in the
+  dataset flagfiles, whose accuracy README "Length grouping" compares).
 """
 
 from __future__ import annotations
