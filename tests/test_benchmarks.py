@@ -131,3 +131,42 @@ def test_memory_plan_runs_tiny_and_prints_json_last():
   # A bfloat16 first moment (and a second moment factored where a matrix has a side of at least
   # 128): less than float32 AdamW's two moments.
   assert row["opt_state_gib"] < 2 * row["params_gib"]
+
+
+@pytest.mark.parametrize("name, flags", [
+    ("torch_step", ["--configs", "huge"]),
+    ("torch_step", ["--threads", "0"]),
+    ("epoch", ["--per_octave", "3"]),
+    ("epoch", ["--epochs", "0"]),
+])
+def test_epoch_and_torch_step_reject_bad_flags(name, flags):
+  with pytest.raises(SystemExit):
+    load_benchmark(name).parse_args(flags)
+
+
+@pytest.mark.parametrize("name", ["torch_step.py", "epoch.py"])
+def test_epoch_and_torch_step_report_missing_data_as_skipped(name, tmp_path):
+  figures = run_benchmark(name, "--data_dir", str(tmp_path))
+  assert figures["skipped"].startswith("skipped: no ASTE data")
+
+
+@pytest.mark.slow
+def test_torch_step_runs_tiny_and_prints_json_last(shared_data_dir):
+  figures = run_benchmark("torch_step.py", "--configs", "tiny", "--steps", "1", "--data_dir", str(shared_data_dir))
+  assert figures["cpu_model"] and figures["torch_threads"] == os.cpu_count()
+  tiny = figures["configs"]["tiny"]
+  assert tiny["losses_finite"] and tiny["compile_s"] > 0
+  assert tiny["ours_over_torch"] == pytest.approx(tiny["ours_sentences_per_s"] / tiny["torch_sentences_per_s"])
+  # PyTorch gets the batch padded to its longest sentence, ours to a bucket: never longer.
+  assert all(shape[0] <= tiny["ours_shape"][0] for shape in tiny["torch_shapes"])
+
+
+@pytest.mark.slow
+def test_epoch_runs_both_arms_and_prints_json_last(shared_data_dir):
+  figures = run_benchmark("epoch.py", "--max_batches", "1", "--epochs", "1", "--data_dir", str(shared_data_dir))
+  assert figures["cpu_model"]
+  for arm in ("plain", "grouped"):
+    values = figures[arm]
+    assert values["steps"] == values["compilations"] == values["distinct_shapes"] == 1
+    assert 0 < values["token_efficiency"] <= 1 and values["tokens_per_s"] > 0
+  assert figures["plain_over_grouped"] == pytest.approx(figures["plain"]["epoch_s"] / figures["grouped"]["epoch_s"])

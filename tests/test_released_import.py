@@ -1,18 +1,16 @@
-"""Import of released D2E2S state dicts, checked against a torch re-implementation of the
-released forward pass (written here from the reference page) on batches without padding."""
+"""Import of released D2E2S state dicts, checked against the torch transcription of the
+released forward pass (`d2e2s_jax.testing.torch_reference`) on batches without padding."""
 
 import functools
-import math
 
 import jax
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from d2e2s_jax.models import d2e2s, released_import
 from d2e2s_jax.models.deberta_v2_config import DebertaV2Config
+from d2e2s_jax.testing.torch_reference import ReleasedHead
 
 WIDTH, HEADS, SIZE_EMBEDDING, LENGTH = 16, 2, 5, 10
 CONFIG = d2e2s.D2E2SConfig(hidden_size=WIDTH, hidden_dim=WIDTH // 2, attention_heads=HEADS,
@@ -24,108 +22,9 @@ ENCODER = DebertaV2Config(vocab_size=40, hidden_size=WIDTH, num_hidden_layers=2,
                           position_biased_input=False, pad_token_id=0)
 
 
-def _block(width_in, width):
-  return nn.Sequential(nn.Linear(width_in, width), nn.ReLU(), nn.Linear(width, width), nn.LayerNorm(width))
-
-
-class _Holder(nn.Module):
-  """A bag of submodules, named like the released attributes."""
-
-  def __init__(self, **modules):
-    super().__init__()
-    for name, module in modules.items():
-      setattr(self, name, module)
-
-
-class ReleasedHead(nn.Module):
-  """The released module layout (state-dict names and shapes) and its forward pass."""
-
-  def __init__(self, width=WIDTH, hidden_dim=WIDTH // 2, heads=HEADS, size_embedding=SIZE_EMBEDDING):
-    super().__init__()
-    self.heads = heads
-    self.lstm = nn.LSTM(width, hidden_dim, 2, batch_first=True, bidirectional=True, dropout=0.5)
-    self.attention_layer = _Holder(linear_q=nn.Linear(width, width), w_query=nn.Linear(width, hidden_dim),
-                                   w_value=nn.Linear(width, hidden_dim), v=nn.Linear(hidden_dim, 1, bias=False))
-    self.fc = nn.Linear(2 * hidden_dim, width)
-    self.Syn_gcn = _Holder(W=nn.ModuleList([nn.Linear(width, width) for _ in range(2)]))
-    self.Sem_gcn = _Holder(W=nn.ModuleList([nn.Linear(width, width) for _ in range(2)]),
-                           attn=_Holder(linears=nn.ModuleList([nn.Linear(width, width) for _ in range(2)])))
-    # GatedGCN stands in for the PyTorch Geometric layers: only its names matter.
-    gated = _Holder(conv1=_Holder(lin=nn.Linear(width, width, bias=False)), conv3=_Holder(rnn=nn.GRUCell(width, width)))
-    gated.conv1.bias = nn.Parameter(torch.zeros(width))
-    gated.conv3.weight = nn.Parameter(torch.zeros(2, width, width))
-    self.TIN = _Holder(residual_layer1=_block(width, width), residual_layer2=_block(width, width),
-                       residual_layer3=_block(width, width), residual_layer4=_block(width, width),
-                       GatedGCN=gated, lstm=nn.LSTM(2 * width, width, 2, batch_first=True, bidirectional=True),
-                       feature_fusion=_block(2 * width, width))
-    self.senti_classifier = nn.Linear(3 * width + 2 * size_embedding, 4)
-    self.entity_classifier = nn.Linear(2 * width + size_embedding, 3)
-    self.size_embeddings = nn.Embedding(100, size_embedding)
-
-  def sem_gcn(self, x, token_ids):
-    batch, length, width = x.shape
-    split = lambda y: y.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
-    query, key = (split(linear(x)) for linear in self.Sem_gcn.attn.linears)
-    scores = query @ key.transpose(-2, -1) / math.sqrt(width // self.heads)
-    scores = scores.masked_fill((token_ids == 0)[:, None, None, :], -1e9)
-    adjacency = F.softmax(scores, dim=-1).mean(1)
-    adjacency = adjacency - torch.diag_embed(torch.diagonal(adjacency, dim1=1, dim2=2)) + torch.eye(length)
-    adjacency = adjacency * (token_ids != 0).float()[..., None]
-    denom = adjacency.sum(2, keepdim=True) + 1
-    for linear in self.Sem_gcn.W:
-      x = F.relu(linear(adjacency.bmm(x)) / denom)
-    return x, adjacency
-
-  def syn_gcn(self, adjacency, x):
-    denom = adjacency.sum(2, keepdim=True) + 1
-    for linear in self.Syn_gcn.W:
-      x = F.relu((linear(adjacency.bmm(x)) + linear(x)) / denom)
-    return x
-
-  def forward(self, h, token_ids, adjacency, span_tokens, span_sizes, pairs):
-    """Eval-mode released forward for one unpadded batch; spans/pairs as python lists."""
-    channel, _ = self.lstm(h)
-    syntactic = self.syn_gcn(adjacency, channel)
-    semantic, _ = self.sem_gcn(channel, token_ids)
-    _, hidden_adjacency = self.sem_gcn(h, token_ids)
-    concat = torch.cat([self.TIN.residual_layer2(h + syntactic), self.TIN.residual_layer4(h + semantic)], dim=2)
-    fused = self.TIN.feature_fusion(self.TIN.lstm(concat)[0])
-    weights = F.softmax(fused @ fused.transpose(1, 2), dim=2)
-    features = weights @ fused + fused
-
-    length = h.shape[1]
-    span_masks = torch.stack([torch.stack([torch.arange(length).ge(s) & torch.arange(length).lt(e)
-                                           for s, e in row]) for row in span_tokens]).float()
-    pool = ((span_masks == 0).float() * -1e30)[..., None] + features[:, None]
-    pool = pool.max(dim=2)[0]
-    sizes = self.size_embeddings(span_sizes)
-    context = features[:, 0][:, None].expand(-1, pool.shape[1], -1)
-    span_logits = self.entity_classifier(torch.cat([context, pool, sizes], dim=2))
-
-    pair_logits = []
-    for row, row_pairs in enumerate(pairs):
-      reprs = []
-      for a, b in row_pairs:
-        s1, s2 = span_tokens[row][a], span_tokens[row][b]
-        start = s1[1] if s1[1] < s2[0] else s2[1]
-        end = s2[0] if s1[1] < s2[0] else s1[0]
-        mask = torch.zeros(length)
-        mask[start:end] = 1
-        between = ((mask == 0).float() * -1e30)[:, None] + features[row]
-        between = between.max(dim=0)[0] if mask.any() else torch.zeros(features.shape[-1])
-        reprs.append(torch.cat([between, pool[row, a], pool[row, b], sizes[row, a], sizes[row, b]]))
-      pair_logits.append(self.senti_classifier(torch.stack(reprs)))
-
-    p, k = hidden_adjacency, adjacency
-    p_loss = F.kl_div(F.log_softmax(p, dim=-1), F.softmax(k, dim=-1), reduction="none").sum()
-    k_loss = F.kl_div(F.log_softmax(k, dim=-1), F.softmax(p, dim=-1), reduction="none").sum()
-    kl = math.log(1 + 5 / abs(float((p_loss + k_loss) / 2)))
-    return span_logits, torch.stack(pair_logits), kl
-
-
 def _released_head(seed=0):
   torch.manual_seed(seed)
-  module = ReleasedHead().eval()
+  module = ReleasedHead(WIDTH, WIDTH // 2, HEADS, SIZE_EMBEDDING).eval()
   with torch.no_grad():  # random everything, LayerNorms included, so a swapped mapping shows
     for name, param in module.named_parameters():
       param.uniform_(-0.5, 0.5) if "size_embeddings" not in name else param.normal_()
@@ -161,8 +60,9 @@ def _unpadded_batch(seed):
     batch["graph_receivers"][row, :len(row_edges)] = row_edges[:, 0]
     batch["graph_senders"][row, :len(row_edges)] = row_edges[:, 1]
     batch["graph_edge_mask"][row, :len(row_edges)] = True
-  return batch, dict(token_ids=torch.tensor(token_ids), adjacency=torch.tensor(adjacency),
-                     span_tokens=span_tokens, span_sizes=torch.tensor(span_sizes), pairs=pairs)
+  return batch, dict(mask=torch.tensor(token_ids != 0), adjacency=torch.tensor(adjacency),
+                     span_tokens=torch.tensor(span_tokens), span_sizes=torch.tensor(span_sizes),
+                     pairs=torch.tensor(pairs)), torch.tensor(token_ids)
 
 
 def _assert_outputs_match(ours, reference):
@@ -179,7 +79,7 @@ def _jitted_apply(module):
 
 def test_head_forward_matches_released_forward():
   released = _released_head()
-  batch, torch_inputs = _unpadded_batch(0)
+  batch, torch_inputs, _ = _unpadded_batch(0)
   hidden = np.random.default_rng(1).standard_normal((2, LENGTH, WIDTH)).astype(np.float32)
   params, ignored = released_import.import_released_state_dict(released.state_dict(), CONFIG, return_ignored=True)
   ours = _jitted_apply(d2e2s.D2E2SHead(CONFIG))({"params": params}, hidden, batch)
@@ -205,10 +105,10 @@ def test_full_model_forward_matches_released_forward(prefix):
   params = released_import.import_released_state_dict(state, config)
   assert set(params) == {"encoder", "head"}
 
-  batch, torch_inputs = _unpadded_batch(5)
+  batch, torch_inputs, token_ids = _unpadded_batch(5)
   ours = _jitted_apply(d2e2s.D2E2S(config))({"params": params}, batch)
   with torch.no_grad():
-    hidden = encoder(input_ids=torch_inputs["token_ids"], attention_mask=torch.ones(2, LENGTH)).last_hidden_state
+    hidden = encoder(input_ids=token_ids, attention_mask=torch.ones(2, LENGTH)).last_hidden_state
     reference = released(hidden, **torch_inputs)
   _assert_outputs_match(ours, reference)
 

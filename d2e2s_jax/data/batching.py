@@ -15,16 +15,25 @@ Public API:
   `eval_batches`.
 * `eval_batches(encoded, config)`: every sentence once (by default in length order,
   `example_index` says which), every candidate span with its gold label; no pair keys.
-  The last batch is padded with empty rows.
+  One batch (the last; in length order the first, of the shortest sentences) is padded
+  with empty rows.
+* `token_bucket(num_tokens, config)`: the padded T of a batch.
 * `shape_report(encoded, config)`: distinct batch shapes in an epoch and padding
   efficiency.
 
 A batch is a flat dict of numpy arrays whose leading axis is the (static) batch size,
 so it can be sharded along that axis. T (sequence) is rounded up to a bucket, by default
-the sizes 2^k and 3 * 2^(k-1) from 16 (at most 1.5x padding); S (spans), P (pairs) and
+the sizes 2^k and 3 * 2^(k-1) from 16 (at most 1.5x padding; `token_buckets_per_octave=4`:
+quarter octaves from 8, at most 1.25x); S (spans), P (pairs) and
 E (graph edges per sentence) are, by default, functions of T measured on the dataset
 (`ShapePlan`), so every batch with the same T has the same shape and the jitted steps
 compile about once per T bucket.
+
+Deliberate differences from the released code (which pads each batch to its longest
+sentence and shuffles uniformly):
+* Batches are padded to shape buckets (static shapes for jit); padding is masked.
+* `length_grouping_batches` > 0 groups batches by length (off by default; on in the
+  dataset flagfiles, whose accuracy README "Length grouping" compares).
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ SETTING_NAMES = {
     "neg_triple_count": "neg_triple_count",
     "released_graph": "released_graph",
     "length_grouping_batches": "length_grouping_batches",
+    "token_buckets_per_octave": "token_buckets_per_octave",
 }
 _DEFAULT = settings.component_defaults(SETTING_NAMES)
 
@@ -80,11 +90,17 @@ class BatchConfig:
     drop_remainder: drop the last partial training batch.
     shuffle: shuffle the training order each epoch.
     length_grouping_batches: 0 (default, the released behaviour) makes batches of
-      uniformly shuffled sentences. k > 0 sorts each run of k batches' worth of shuffled
-      sentences by length before cutting it into batches, then shuffles the batch
-      order: less padding (see `shape_report`), slightly less random batches.
+      uniformly shuffled sentences. k > 0 splits the shuffled epoch into windows of
+      about k batches each (equal sizes), orders each window's sentences by their T
+      bucket (ties keep the shuffled order, so batches stay random within a bucket: the
+      same padding as a sort by length), cuts it into batches, then shuffles the batch
+      order: less padding (see `shape_report`), batches of similar lengths.
+    token_buckets_per_octave: T buckets per doubling when `token_buckets` is None: 2
+      (16, 24, 32, 48, ...) or 4 (8, 10, 12, 14, 16, 20, ...; the series starts at
+      32 / this). Finer buckets pay off with length grouping; they cost compilations.
     eval_sort_by_length: evaluate sentences in length order (less padding; results are
-      keyed by `example_index`, so order does not matter).
+      keyed by `example_index`, so order does not matter); the partial batch is the
+      first, the shortest sentences, so its empty rows are padded to the smallest T.
   """
 
   batch_size: int = _DEFAULT["batch_size"]
@@ -100,6 +116,7 @@ class BatchConfig:
   drop_remainder: bool = True
   shuffle: bool = True
   length_grouping_batches: int = _DEFAULT["length_grouping_batches"]
+  token_buckets_per_octave: int = _DEFAULT["token_buckets_per_octave"]
   eval_sort_by_length: bool = True
 
   def __post_init__(self):
@@ -117,8 +134,9 @@ class BatchConfig:
     return cls(pad_token_id=int(tokenizer.pad_token_id), **kwargs)
 
 
-# Smallest default T bucket: short sentences share one shape.
-_TOKEN_FLOOR = 16
+# Smallest default T bucket, times the buckets per octave (16 for the default 2, 8 for 4):
+# short sentences share one shape, and finer series pad them less too.
+_TOKEN_FLOOR_TIMES_STEPS = 32
 # S, P and E are rounded up to a multiple of this.
 _AXIS_QUANTUM = 8
 
@@ -167,7 +185,7 @@ class ShapePlan:
     spans of T - 2 one-piece words and T * T edges, so the jitted step compiles once per
     T bucket, whichever sentences later calls bring.
     """
-    lengths = np.arange(1, bucket_size(max_length, None, _TOKEN_FLOOR) + 1)
+    lengths = np.arange(1, bucket_size(max_length, None, _TOKEN_FLOOR_TIMES_STEPS // 2) + 1)
     words = np.maximum(lengths - 2, 0)
     spans = [num_candidate_spans(int(n), max_span_size) for n in words]
     return cls(lengths=lengths, running_max=np.stack([spans, np.zeros_like(lengths), lengths * lengths], axis=1))
@@ -189,14 +207,18 @@ def _round_up(value: int, quantum: int) -> int:
   return -(-value // quantum) * quantum
 
 
-def bucket_size(size: int, buckets: Optional[Sequence[int]], floor: int = 1) -> int:
-  """The padded size for `size`: the smallest bucket that holds it (see BatchConfig)."""
+def bucket_size(size: int, buckets: Optional[Sequence[int]], floor: int = 1, per_octave: int = 2) -> int:
+  """The padded size for `size`: the smallest bucket that holds it (see BatchConfig).
+
+  Without explicit `buckets` the sizes run from `floor` in `per_octave` equal steps per
+  doubling: 2 gives 16, 24, 32, 48, 64, ... (at most 1.5x padding), 4 gives 16, 20,
+  24, 28, 32, 40, ... (at most 1.25x).
+  """
   size = max(size, 1)
   if buckets is None:
     bucket = floor
     while bucket < size:
-      # Alternate 2^k -> 3*2^(k-1) -> 2^(k+1): steps of 1.5x and 1.33x.
-      bucket = bucket * 3 // 2 if bucket & (bucket - 1) == 0 and bucket >= 2 else _next_power_of_two(bucket + 1)
+      bucket += max((1 << (bucket.bit_length() - 1)) // per_octave, 1)
     return bucket
   for bucket in buckets:
     if bucket >= size:
@@ -205,8 +227,10 @@ def bucket_size(size: int, buckets: Optional[Sequence[int]], floor: int = 1) -> 
   return -(-size // largest) * largest
 
 
-def _next_power_of_two(value: int) -> int:
-  return 1 << (value - 1).bit_length()
+def token_bucket(num_tokens: int, config: BatchConfig) -> int:
+  """The padded T of a batch whose longest sentence has `num_tokens` pieces."""
+  steps = config.token_buckets_per_octave
+  return bucket_size(num_tokens, config.token_buckets, max(_TOKEN_FLOOR_TIMES_STEPS // steps, 1), steps)
 
 
 def padded_sizes(num_tokens: int, num_spans: int, num_pairs: int, num_edges: int, config: BatchConfig,
@@ -217,7 +241,7 @@ def padded_sizes(num_tokens: int, num_spans: int, num_pairs: int, num_edges: int
   An axis with explicit buckets in the config is bucketed on its own; otherwise it is
   sized by the dataset's `ShapePlan`, as a function of T.
   """
-  seq_len = bucket_size(num_tokens, config.token_buckets, _TOKEN_FLOOR)
+  seq_len = token_bucket(num_tokens, config)
   sizes = [seq_len]
   for axis, (need, buckets) in enumerate(((num_spans, config.span_buckets), (num_pairs, config.pair_buckets),
                                           (num_edges, config.edge_buckets))):
@@ -331,12 +355,18 @@ def train_order(lengths: Sequence[int], config: BatchConfig, epoch: int, seed: i
   full = num_examples // config.batch_size * config.batch_size
   # The dropped remainder is the tail of the shuffled order, with or without grouping.
   order = order[:full if config.drop_remainder else num_examples]
-  if config.length_grouping_batches:
-    lengths = np.asarray(lengths)
-    window = config.length_grouping_batches * config.batch_size
-    order = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
-                            for chunk in np.split(order, range(window, len(order), window))])
   batches = [order[start:start + config.batch_size] for start in range(0, len(order), config.batch_size)]
+  if config.length_grouping_batches and batches:
+    # Windows of about k batches each (equal sizes: no small, ill-grouped last window);
+    # within one, sentences are ordered by their T bucket, ties in the shuffled order:
+    # the same padding as a sort by length, random batches within a bucket.
+    buckets = np.asarray([token_bucket(int(length), config) for length in lengths])
+    windows = np.array_split(np.arange(len(batches)), -(-len(batches) // config.length_grouping_batches))
+    batches = []
+    for window in windows:
+      chunk = order[window[0] * config.batch_size:min((window[-1] + 1) * config.batch_size, len(order))]
+      chunk = chunk[np.argsort(buckets[chunk], kind="stable")]
+      batches.extend(chunk[start:start + config.batch_size] for start in range(0, len(chunk), config.batch_size))
   if config.length_grouping_batches and config.shuffle:
     # Shuffle the batch order so the epoch is no length curriculum.
     batches = [batches[index] for index in rng.permutation(len(batches))]
@@ -374,11 +404,16 @@ def eval_batches(encoded: Sequence[EncodedExample], config: BatchConfig,
   _check_indices(encoded)
   edges, plan = planned or plan_dataset(encoded, config, train=False)
   order = list(encoded)
+  starts = list(range(0, len(order), config.batch_size))
   if config.eval_sort_by_length:
     order.sort(key=lambda item: item.num_pieces)
-  for start in range(0, len(order), config.batch_size):
+    # The partial batch (padded with empty rows) holds the shortest sentences, not the longest.
+    remainder = len(order) % config.batch_size
+    if remainder:
+      starts = [0] + list(range(remainder, len(order), config.batch_size))
+  for start, end in zip(starts, starts[1:] + [len(order)]):
     rows = [(item, sampling.eval_sample(item, max_span_size=config.max_span_size), edges[item.index])
-            for item in order[start:start + config.batch_size]]
+            for item in order[start:end]]
     yield _assemble(rows, config, plan, with_pairs=False)
 
 
