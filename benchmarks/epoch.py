@@ -91,7 +91,9 @@ class Arm:
     schedule = optim.learning_rate_schedule(config.optimizer_config(), steps * args.epochs)
     first = next(batching.train_batches(self.encoded, self.batch_config, 0, self.seed, self.planned))
     self.state, shardings = trainer.create_train_state(model, optimizer, first, self.seed, self.mesh)
-    self.step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, self.mesh, shardings)
+    self.step = trainer.make_train_step(  # as the trainer builds it: hyperparameters as runtime inputs
+        model, optimizer, schedule, model_config, 1, self.mesh, shardings,
+        hyper=trainer.runtime_hyperparameters(config.optimizer_config(), model_config, steps * args.epochs))
     self.shapes = set()
 
   def epoch(self, epoch: int) -> Dict[str, Any]:

@@ -114,7 +114,9 @@ def run_config(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
   optimizer = optim.make_optimizer(optimizer_config, steps_per_epoch)
   schedule = optim.learning_rate_schedule(optimizer_config, steps_per_epoch)
   state, state_shardings = trainer.create_train_state(model, optimizer, batches[0], config.seed, mesh)
-  jax_step = trainer.make_train_step(model, optimizer, schedule, model_config, 1, mesh, state_shardings)
+  jax_step = trainer.make_train_step(  # as the trainer builds it: hyperparameters as runtime inputs
+      model, optimizer, schedule, model_config, 1, mesh, state_shardings,
+      hyper=trainer.runtime_hyperparameters(optimizer_config, model_config, steps_per_epoch))
   device_batches = [jax.block_until_ready(sharding.shard_batch(batch, mesh)) for batch in batches]
 
   common.log(f"[{name}] PyTorch: initialising ...")
