@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import platform
 import shutil
 import statistics
 import sys
@@ -31,6 +32,18 @@ DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 # both need the repository root on the path for `d2e2s_jax`.
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
+
+
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo on Linux, else `platform`); every benchmark's figures carry it."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def force_host_devices(count: int) -> None:
@@ -75,6 +88,13 @@ def emit(figures: Mapping[str, object], as_json: bool) -> None:
 def log(message: str) -> None:
   """Progress lines on stderr, so that stdout keeps only the figures."""
   print(message, file=sys.stderr, flush=True)
+
+
+def skipped(dataset: str, data_dir: Optional[os.PathLike]) -> Dict[str, str]:
+  """The figures of a benchmark whose dataset is absent (the reason is printed too)."""
+  message = f"skipped: no ASTE data under {data_dir or DEFAULT_DATA_DIR}/aste/{dataset}"
+  print(message)
+  return {"skipped": message}
 
 
 def load_dataset(dataset: str = "14res", data_dir: Optional[os.PathLike] = None, vocab_size: int = 8000,

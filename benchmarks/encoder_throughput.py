@@ -39,7 +39,6 @@ import glob
 import gzip
 import json
 import os
-import platform
 import re
 import resource
 import statistics
@@ -52,6 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # pylint: disable=wrong-import-position
 
 from d2e2s_jax.models import deberta_v2  # pylint: disable=wrong-import-position
 from d2e2s_jax.models import deberta_v2_convert  # pylint: disable=wrong-import-position
@@ -84,18 +86,6 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   if not args.layer_loops or set(args.layer_loops) - {"scan", "unroll"}:
     parser.error("--layer_loops must be a comma-separated subset of scan,unroll")
   return args
-
-
-def cpu_model() -> str:
-  """The CPU's model name (/proc/cpuinfo on Linux, else `platform`); every benchmark's figures carry it."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def timed(function: Callable[[], None]) -> float:
@@ -226,7 +216,7 @@ def main(argv: List[str]) -> Dict[str, float]:
   figures["ours_compile_s"] = figures[f"{headline}_compile_s"]
   figures.update(layers=args.layers, batch=args.batch, length=args.length, repeats=args.repeats,
                  torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), dtype=args.dtype,
-                 cpu_model=cpu_model(), platform=jax.default_backend(), headline_layer_loop=headline,
+                 cpu_model=common.cpu_model(), platform=jax.default_backend(), headline_layer_loop=headline,
                  auto_layer_loop=auto, layer_loops=args.layer_loops,
                  glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""), jax_version=jax.__version__,
                  torch_version=torch.__version__)

@@ -35,7 +35,6 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
-import torch_step  # pylint: disable=wrong-import-position  # cpu_model
 import train_step as train_step_benchmark  # pylint: disable=wrong-import-position  # CONFIGS, run_train_config
 
 import jax  # pylint: disable=wrong-import-position
@@ -133,9 +132,7 @@ def main(argv: List[str]) -> Dict[str, Any]:
   args = parse_args(argv)
   data = common.load_dataset(args.dataset, args.data_dir, max_length=args.max_length, splits=("train",))
   if data is None:
-    message = f"skipped: no ASTE data under {args.data_dir or common.DEFAULT_DATA_DIR}/aste/{args.dataset}"
-    print(message)
-    figures: Dict[str, Any] = {"skipped": message}
+    figures: Dict[str, Any] = common.skipped(args.dataset, args.data_dir)
   else:
     arms = {name: Arm(name, data, args) for name in ARMS}
     runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name in ARMS}
@@ -143,7 +140,7 @@ def main(argv: List[str]) -> Dict[str, Any]:
       for name, arm in arms.items():
         runs[name].append(arm.epoch(epoch))
     figures = {"dataset": args.dataset, "config": args.config, "batch": args.batch, "epochs": args.epochs,
-               "k": args.k, "per_octave": args.per_octave, "cpu_model": torch_step.cpu_model(),
+               "k": args.k, "per_octave": args.per_octave, "cpu_model": common.cpu_model(),
                "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())}
     for name in ARMS:
       last = dict(runs[name][-1])

@@ -29,7 +29,6 @@ import common  # pylint: disable=wrong-import-position
 import flax.linen as nn  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import train_step  # pylint: disable=wrong-import-position
-from encoder_throughput import cpu_model  # pylint: disable=wrong-import-position
 
 from d2e2s_jax import inference  # pylint: disable=wrong-import-position
 from d2e2s_jax.models import d2e2s  # pylint: disable=wrong-import-position
@@ -59,9 +58,7 @@ def main(argv: List[str]) -> Dict[str, Any]:
   args = parse_args(argv)
   data = common.load_dataset(args.dataset, args.data_dir, max_length=args.max_length, splits=("train", "test"))
   if data is None:
-    message = f"skipped: no ASTE data under {args.data_dir or common.DEFAULT_DATA_DIR}/aste/{args.dataset}"
-    print(message)
-    figures: Dict[str, Any] = {"skipped": message}
+    figures: Dict[str, Any] = common.skipped(args.dataset, args.data_dir)
     common.emit(figures, as_json=args.json)
     return figures
   tokenizer, examples, _ = data
@@ -78,7 +75,7 @@ def main(argv: List[str]) -> Dict[str, Any]:
   params = jax.device_get(nn.unbox(params))
 
   figures: Dict[str, Any] = {"config": args.config, "dataset": args.dataset, "sentences": len(sentences),
-                             "batch": args.batch, "repeats": args.repeats, "cpu_model": cpu_model(),
+                             "batch": args.batch, "repeats": args.repeats, "cpu_model": common.cpu_model(),
                              "cpus": os.cpu_count(), "load_average_before": list(os.getloadavg())}
   passes = {}
   for mode in args.layer_loops:

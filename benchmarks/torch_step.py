@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import sys
 import time
 from typing import Any, Dict, List
@@ -46,18 +45,6 @@ from d2e2s_jax.testing import torch_reference  # pylint: disable=wrong-import-po
 from d2e2s_jax.training import optim, sharding, trainer  # pylint: disable=wrong-import-position
 
 CONFIGS = train_step_benchmark.CONFIGS
-
-
-def cpu_model() -> str:
-  """The CPU's model name (from /proc/cpuinfo where there is one)."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -173,11 +160,9 @@ def main(argv: List[str]) -> Dict[str, Any]:
   torch.set_num_threads(args.threads)
   data = common.load_dataset(args.dataset, args.data_dir, max_length=args.max_length, splits=("train",))
   if data is None:
-    message = f"skipped: no ASTE data under {args.data_dir or common.DEFAULT_DATA_DIR}/aste/{args.dataset}"
-    print(message)
-    figures: Dict[str, Any] = {"skipped": message}
+    figures: Dict[str, Any] = common.skipped(args.dataset, args.data_dir)
   else:
-    figures = {"dataset": args.dataset, "batch": args.batch, "steps": args.steps, "cpu_model": cpu_model(),
+    figures = {"dataset": args.dataset, "batch": args.batch, "steps": args.steps, "cpu_model": common.cpu_model(),
                "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                "load_average": list(os.getloadavg()),
                "configs": {name: run_config(name, data, args) for name in args.configs}}

@@ -71,7 +71,6 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
-from encoder_throughput import cpu_model  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
@@ -471,9 +470,7 @@ def main(argv: List[str]) -> Dict[str, Any]:
   data = common.load_dataset(args.dataset, args.data_dir, max_length=args.max_length,
                              splits=("train",) + EVAL_SPLITS)
   if data is None:
-    message = f"skipped: no ASTE data under {args.data_dir or common.DEFAULT_DATA_DIR}/aste/{args.dataset}"
-    print(message)
-    figures: Dict[str, Any] = {"skipped": message}
+    figures: Dict[str, Any] = common.skipped(args.dataset, args.data_dir)
   else:
     planning = None
     if args.plan_repeats and not args.skip_main:
@@ -483,7 +480,7 @@ def main(argv: List[str]) -> Dict[str, Any]:
                                   batch_source.batch_config(data[0], training=False), batch_source.seed,
                                   args.plan_repeats)
     figures = {"dataset": args.dataset, "batch": args.batch, "steps": args.steps, "cpu_count": os.cpu_count(),
-               "cpu_model": cpu_model(),
+               "cpu_model": common.cpu_model(),
                "configs": {} if args.skip_main else {name: run_config(name, data, args, planning)
                                                       for name in args.configs}}
     if args.layer_loops:
