@@ -451,15 +451,15 @@ def step_part(args: argparse.Namespace, name: str, save: Save) -> Dict[str, Any]
 
   metrics = None
   for _ in range(args.warmup):
-    state, metrics = jax.block_until_ready(compiled(state, device_batch, step.hyper))
+    state, metrics = jax.block_until_ready(compiled(state, device_batch, step.runtime_values))
   seconds = []
   for _ in range(args.steps):
     begin = time.perf_counter()
-    state, metrics = jax.block_until_ready(compiled(state, device_batch, step.hyper))
+    state, metrics = jax.block_until_ready(compiled(state, device_batch, step.runtime_values))
     seconds.append(time.perf_counter() - begin)
   begin = time.perf_counter()
   for _ in range(args.steps):
-    state, metrics = compiled(state, device_batch, step.hyper)
+    state, metrics = compiled(state, device_batch, step.runtime_values)
   jax.block_until_ready((state, metrics))
   figures["pipelined_step_s"] = (time.perf_counter() - begin) / args.steps
   metrics = jax.device_get(metrics)

@@ -39,8 +39,9 @@ def make_predict_step(model: nn.Module, mesh: jax.sharding.Mesh, param_shardings
   `threshold` (the sentiment threshold, `sen_filter_threshold`) is then an argument of
   the compiled program rather than a constant in it, so that runs differing only in it
   share one compilation; None decodes with the model config's. The returned function
-  also has `lower(params, batch)` and `trace_count()`: how often it has been traced
-  (one compilation per distinct batch shape).
+  also has `lower(params, batch)`, `runtime_values` and `trace_count()`: how often it
+  has been traced, one compilation per distinct batch shape (see
+  `sharding.bind_runtime_values`).
   """
   traces = [0]
 
@@ -51,14 +52,7 @@ def make_predict_step(model: nn.Module, mesh: jax.sharding.Mesh, param_shardings
   jitted = jax.jit(predict_step, in_shardings=(param_shardings, sharding.batch_sharding(mesh),
                                                sharding.replicated(mesh)),
                    out_shardings=sharding.replicated(mesh))
-  threshold = None if threshold is None else jax.device_put(np.float32(threshold), sharding.replicated(mesh))
-
-  def step(params, batch):
-    return jitted(params, batch, threshold)
-
-  step.lower = lambda params, batch: jitted.lower(params, batch, threshold)
-  step.trace_count = lambda: traces[0]
-  return step
+  return sharding.bind_runtime_values(jitted, None if threshold is None else np.float32(threshold), mesh, traces)
 
 
 def predict(predict_step, params: Any, encoded: Sequence[encoding.EncodedExample],

@@ -17,7 +17,7 @@ so tiny test configs and odd sizes work on any mesh.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import flax.linen as nn
@@ -173,6 +173,26 @@ def batch_sharding(mesh: Mesh, rules: Sequence[Tuple[str, Any]] = DEFAULT_LOGICA
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def bind_runtime_values(jitted: Any, values: Any, mesh: Mesh, traces: Any) -> Callable[[Any, Any], Any]:
+  """`jitted(x, batch, values)` as `step(x, batch)`, with `values` placed replicated once.
+
+  The jitted steps take their runtime hyperparameters (None: none) as a last argument
+  so that they are inputs of the compiled program, not constants in it. The returned
+  function also has `lower(x, batch)`, `runtime_values` (the compiled program of
+  `lower(...).compile()` is called as `(x, batch, step.runtime_values)`) and
+  `trace_count()` (`traces[0]`, which the traced function increments).
+  """
+  values = None if values is None else jax.device_put(values, replicated(mesh))
+
+  def step(x, batch):
+    return jitted(x, batch, values)
+
+  step.lower = lambda x, batch: jitted.lower(x, batch, values)
+  step.runtime_values = values
+  step.trace_count = lambda: traces[0]
+  return step
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:

@@ -201,8 +201,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
   too long. `update_fn` applies the optimizer (`optim.make_update_fn`; default:
   `optimizer`'s chain over the whole tree). `hyper` (`runtime_hyperparameters`) makes
   those values arguments of the compiled program, passed to every call; without it
-  they are the configs' constants. The function also has `lower(state, batch)` (its
-  compiled program is called as `(state, batch, step.hyper)`) and `trace_count()`.
+  they are the configs' constants. The function also has `lower(state, batch)`,
+  `runtime_values` and `trace_count()` (see `sharding.bind_runtime_values`).
   """
   update_fn = update_fn or optim.whole_update_fn(optimizer)
   traces = [0]
@@ -254,15 +254,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
   batch_sharding = sharding.batch_sharding(mesh)
   jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-  hyper = None if hyper is None else jax.device_put(dict(hyper), sharding.replicated(mesh))
-
-  def step(state: TrainState, batch: Dict[str, jax.Array]):
-    return jitted(state, batch, hyper)
-
-  step.lower = lambda state, batch: jitted.lower(state, batch, hyper)
-  step.hyper = hyper  # what a compiled `step.lower(...).compile()` takes as its third argument
-  step.trace_count = lambda: traces[0]
-  return step
+  return sharding.bind_runtime_values(jitted, None if hyper is None else dict(hyper), mesh, traces)
 
 
 # -------------------------------------------------------------------------- loop
