@@ -179,7 +179,7 @@ class Settings:
   length_grouping_batches: int = setting(0, "0 = uniformly shuffled batches; k > 0 groups k batches' sentences by "
                                          "length.", NON_NEGATIVE)
   token_buckets_per_octave: int = setting(2, "Padded sequence lengths per doubling: 2 = 16, 24, 32, 48, ... (at most "
-                                          "1.5x padding); 4 = 16, 20, 24, 28, 32, 40, ... (1.25x, twice the "
+                                          "1.5x padding); 4 = 8, 10, 12, 14, 16, 20, ... (1.25x, twice the "
                                           "compilations).", one_of(1, 2, 4, 8))
   # Optimizer.
   lr: float = setting(5e-6, "Peak learning rate.", interval(0, low_open=True))
