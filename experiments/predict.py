@@ -36,6 +36,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import host_flags
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir or an exported bundle.", required=True)
 _TEXT = flags.DEFINE_multi_string("text", [], "A sentence to predict (repeatable); needs a parser.")
 _INPUT = flags.DEFINE_string("input", None, "A file of sentences (see --input_format).")
@@ -85,6 +87,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only managers on every load
+  host_flags.apply()  # may restart the process; before any work
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   from d2e2s_jax import fileio  # pylint: disable=import-outside-toplevel
   from d2e2s_jax import inference  # pylint: disable=import-outside-toplevel  # heavy: jax, transformers

@@ -28,6 +28,7 @@ from absl import flags
 from absl import logging
 
 from d2e2s_jax import settings
+from experiments import host_flags
 from experiments import setting_flags
 
 flags.adopt_module_key_flags(setting_flags)  # one flag per setting, --compilation_cache_dir
@@ -122,6 +123,7 @@ def main(argv):
     _fail(e)
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  host_flags.apply()  # may restart the process; before any work
   setting_flags.enable_compilation_cache()
   import optuna  # pylint: disable=g-import-not-at-top
   import sqlalchemy.exc  # pylint: disable=g-import-not-at-top

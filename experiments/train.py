@@ -18,6 +18,7 @@ from absl import flags
 from absl import logging
 
 from d2e2s_jax import settings
+from experiments import host_flags
 from experiments import setting_flags
 from experiments.setting_flags import config_from_flags
 
@@ -55,6 +56,7 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     # Orbax logs every save at INFO; keep the console to the progress bar and results.
     logging.set_verbosity(logging.WARNING)
+  host_flags.apply()  # may restart the process; before any work
   if FLAGS.coordinator_address:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

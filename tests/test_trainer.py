@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from d2e2s_jax import host_memory
 from d2e2s_jax.data import batching
 from d2e2s_jax.training import config as config_lib
 from d2e2s_jax.training import optim, sharding, throughput, trainer
@@ -224,6 +225,9 @@ def test_resume_after_sigkill_is_exact(tmp_path):
   resumed_results = json.loads((resumed / "results.json").read_text())
   for key in ("best_step", "dev", "test"):
     assert resumed_results[key] == full_results[key]
+  # The entry point configured host memory (its default) before the first computation.
+  if host_memory.is_glibc():  # it restarted with the tunables
+    assert full_results["host_memory"]["mode"] == "retain"
 
 
 def test_entry_point_reports_bad_data_in_one_line(tmp_path):

@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from d2e2s_jax import fileio
+from d2e2s_jax import host_memory
 from d2e2s_jax import prediction
 from d2e2s_jax import tokenization
 from d2e2s_jax.data import batching, download, encoding, readers, synthetic
@@ -419,6 +420,9 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike,
       # This process's compilation time (a resumed run: since it resumed) and its use of
       # the persistent cache.
       "compilation": compile_clock.read(),
+      # How the process reuses freed host memory (`host_memory.current`; the entry
+      # points' --host_memory).
+      "host_memory": host_memory.current(),
   }
   if stopped_at is not None:
     results["stopped_at_step"] = stopped_at
