@@ -46,6 +46,23 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
+def add_host_memory_argument(parser) -> None:
+  """`--host_memory`, as the entry points' flag (default retain); see `apply_host_memory`."""
+  from d2e2s_jax import host_memory  # pylint: disable=import-outside-toplevel
+
+  parser.add_argument("--host_memory", default=host_memory.DEFAULT_MODE, choices=host_memory.MODES,
+                      help="how the process reuses freed memory (d2e2s_jax/host_memory.py); it applies "
+                           "to the whole process, so to both frameworks")
+
+
+def apply_host_memory(mode: str) -> Dict[str, object]:
+  """Runs the process in host memory `mode` (may re-execute it: call first); returns `current()`."""
+  from d2e2s_jax import host_memory  # pylint: disable=import-outside-toplevel
+
+  host_memory.restart(mode)
+  return host_memory.current()
+
+
 def force_host_devices(count: int) -> None:
   """Asks XLA for `count` fake CPU devices; call before jax is imported."""
   if "jax" in sys.modules:

@@ -18,7 +18,9 @@ minor page faults per call: a step's fresh buffers (XLA:CPU allocates every outp
 temporary buffer per execution) are first touched page by page, which shows as system
 time. `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (set before Python starts) makes glibc
 back large allocations with transparent huge pages for both frameworks; the JSON records
-the variable's value. `--profile_dir` writes a `jax.profiler` trace of one forward +
+the variable's value. `--host_memory` (default retain, as the entry points run; see
+d2e2s_jax/host_memory.py) configures the whole process, so both frameworks run under it.
+`--profile_dir` writes a `jax.profiler` trace of one forward +
 backward per mode and prints its costliest XLA ops grouped by the model operation they
 come from (forward / backward).
 
@@ -78,6 +80,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   parser.add_argument("--profile_dir", default=None,
                       help="write a jax.profiler trace of one forward + backward per loop mode here; print top ops")
   parser.add_argument("--top_ops", type=int, default=12, help="ops printed per mode with --profile_dir")
+  common.add_host_memory_argument(parser)
   parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
   args = parser.parse_args(argv)
   if args.repeats < 1 or args.layers < 1 or args.batch < 1 or args.length < 2:
@@ -140,6 +143,7 @@ def top_ops(trace_dir: str, hlo_text: str, count: int, calls: int) -> List[List[
 
 def main(argv: List[str]) -> Dict[str, float]:
   args = parse_args(argv)
+  memory = common.apply_host_memory(args.host_memory)  # before the first computation
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
 
@@ -218,7 +222,7 @@ def main(argv: List[str]) -> Dict[str, float]:
                  torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), dtype=args.dtype,
                  cpu_model=common.cpu_model(), platform=jax.default_backend(), headline_layer_loop=headline,
                  auto_layer_loop=auto, layer_loops=args.layer_loops,
-                 glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""), jax_version=jax.__version__,
+                 glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""), host_memory=memory, jax_version=jax.__version__,
                  torch_version=torch.__version__)
 
   if args.profile_dir:

@@ -16,7 +16,9 @@ The steps alternate (ours, PyTorch, ours, ...), so a slow phase of the shared ma
 both; the first step of each is a warm-up (ours: the compilation, `compile_s`) left out
 of the medians. PyTorch runs on `--threads` intra-op threads (default: every core); XLA's
 CPU client uses one thread per core. The figures name the CPU model: the ratio depends on
-the kind of CPU.
+the kind of CPU. `--host_memory` (default retain, as the entry points run) configures the
+whole process, so both frameworks run under it; run it with `system` for glibc's
+defaults.
 
   python benchmarks/torch_step.py --configs tiny,base --steps 3
   python benchmarks/torch_step.py --configs tiny --steps 2 --json   # quick
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
 import sys
 import time
 from typing import Any, Dict, List
@@ -59,6 +62,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
   parser.add_argument("--dataset", default="14res")
   parser.add_argument("--data_dir", default=None, help=f"data root (default {common.DEFAULT_DATA_DIR})")
+  common.add_host_memory_argument(parser)
   parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
   args = parser.parse_args(argv)
   args.configs = [name.strip() for name in args.configs.split(",") if name.strip()]
@@ -124,18 +128,21 @@ def run_config(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
     return float(jax.device_get(metrics["loss"]))
 
   seconds: Dict[str, List[float]] = {"ours": [], "torch": []}
+  faults: Dict[str, List[int]] = {"ours": [], "torch": []}  # minor page faults per step
   losses: Dict[str, List[float]] = {"ours": [], "torch": []}
   first: Dict[str, float] = {}
   for index in range(args.steps + 1):
     for kind, function in (("ours", ours), ("torch", lambda i: torch_step(torch_batches[i]))):
-      start = time.perf_counter()
+      start_faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
       loss = function(index)
       elapsed = time.perf_counter() - start
+      step_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start_faults
       if index == 0:
         first[kind] = elapsed
         common.log(f"[{name}] {kind}: first step (warm-up{', compilation' if kind == 'ours' else ''}) {elapsed:.1f} s")
       else:
         seconds[kind].append(elapsed)
+        faults[kind].append(step_faults)
         losses[kind].append(loss)
   rows = float(np.median([batch["example_mask"].sum() for batch in batches[1:]]))
   figures: Dict[str, Any] = {
@@ -147,6 +154,9 @@ def run_config(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
       "torch_param_count": int(sum(p.numel() for p in torch_model.parameters())),
       "compile_s": first["ours"], "torch_first_step_s": first["torch"],
       "ours_step_s": common.median(seconds["ours"]), "torch_step_s": common.median(seconds["torch"]),
+      "ours_step_s_all": seconds["ours"], "torch_step_s_all": seconds["torch"],
+      "ours_page_faults_per_step": common.median(faults["ours"]),
+      "torch_page_faults_per_step": common.median(faults["torch"]),
   }
   figures["ours_sentences_per_s"] = rows / figures["ours_step_s"]
   figures["torch_sentences_per_s"] = rows / figures["torch_step_s"]
@@ -157,6 +167,7 @@ def run_config(name: str, data, args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(argv: List[str]) -> Dict[str, Any]:
   args = parse_args(argv)
+  memory = common.apply_host_memory(args.host_memory)  # before the first computation
   torch.set_num_threads(args.threads)
   data = common.load_dataset(args.dataset, args.data_dir, max_length=args.max_length, splits=("train",))
   if data is None:
@@ -164,7 +175,7 @@ def main(argv: List[str]) -> Dict[str, Any]:
   else:
     figures = {"dataset": args.dataset, "batch": args.batch, "steps": args.steps, "cpu_model": common.cpu_model(),
                "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-               "load_average": list(os.getloadavg()),
+               "load_average": list(os.getloadavg()), "host_memory": memory,
                "configs": {name: run_config(name, data, args) for name in args.configs}}
     if not args.json:
       for name, values in figures["configs"].items():

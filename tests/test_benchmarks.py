@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from d2e2s_jax import host_memory
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 
@@ -154,8 +156,10 @@ def test_epoch_and_torch_step_report_missing_data_as_skipped(name, tmp_path):
 def test_torch_step_runs_tiny_and_prints_json_last(shared_data_dir):
   figures = run_benchmark("torch_step.py", "--configs", "tiny", "--steps", "1", "--data_dir", str(shared_data_dir))
   assert figures["cpu_model"] and figures["torch_threads"] == os.cpu_count()
+  assert figures["host_memory"]["mode"] == ("retain" if host_memory.is_glibc() else "system")
   tiny = figures["configs"]["tiny"]
   assert tiny["losses_finite"] and tiny["compile_s"] > 0
+  assert tiny["ours_page_faults_per_step"] >= 0 and tiny["torch_page_faults_per_step"] >= 0
   assert tiny["ours_over_torch"] == pytest.approx(tiny["ours_sentences_per_s"] / tiny["torch_sentences_per_s"])
   # PyTorch gets the batch padded to its longest sentence, ours to a bucket: never longer.
   assert all(shape[0] <= tiny["ours_shape"][0] for shape in tiny["torch_shapes"])
