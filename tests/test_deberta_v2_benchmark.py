@@ -25,8 +25,9 @@ def test_benchmark_runs_and_prints_json_last(monkeypatch, capsys, tmp_path):
   monkeypatch.setattr(benchmark, "BASE_CONFIG", {**benchmark.BASE_CONFIG, "vocab_size": 100, "hidden_size": 32,
                                                  "num_attention_heads": 4, "intermediate_size": 48,
                                                  "position_buckets": 8})
+  # In process: "system", as "retain" would re-execute the test worker.
   figures = benchmark.main(["--repeats", "2", "--layers", "3", "--batch", "2", "--length", "12", "--json",
-                            "--profile_dir", str(tmp_path), "--top_ops", "3"])
+                            "--profile_dir", str(tmp_path), "--top_ops", "3", "--host_memory", "system"])
   last_line = capsys.readouterr().out.strip().splitlines()[-1]
   assert json.loads(last_line) == json.loads(json.dumps(figures))
   for phase in ("forward", "forward_backward"):
