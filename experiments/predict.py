@@ -38,6 +38,7 @@ from absl import logging
 
 from experiments import host_flags
 
+flags.adopt_module_key_flags(host_flags)  # --host_memory
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir or an exported bundle.", required=True)
 _TEXT = flags.DEFINE_multi_string("text", [], "A sentence to predict (repeatable); needs a parser.")
 _INPUT = flags.DEFINE_string("input", None, "A file of sentences (see --input_format).")

@@ -1,8 +1,7 @@
 """The flags that the training entry points share, defined once.
 
 Importing this module defines one absl flag per setting of `d2e2s_jax.settings.Settings`
-(same name, type, default and help), `--compilation_cache_dir` and (from `host_flags`)
-`--host_memory`. `experiments/train.py`
+(same name, type, default and help) and `--compilation_cache_dir`. `experiments/train.py`
 and `experiments/sweep.py` import it and adopt its flags as their own (so `--help` lists
 them); `config_from_flags` turns the parsed values into a validated `TrainConfig`.
 """
@@ -13,7 +12,6 @@ import typing
 from absl import flags
 
 from d2e2s_jax import settings
-from experiments import host_flags  # pylint: disable=unused-import  # defines --host_memory
 from d2e2s_jax.training import config as config_lib
 
 

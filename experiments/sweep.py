@@ -32,6 +32,7 @@ from experiments import host_flags
 from experiments import setting_flags
 
 flags.adopt_module_key_flags(setting_flags)  # one flag per setting, --compilation_cache_dir
+flags.adopt_module_key_flags(host_flags)  # --host_memory
 _SPACE = flags.DEFINE_string("search_space", None, "Search space JSON file (e.g. experiments/configs/sweeps/guide.json).")
 _STUDY_DIR = flags.DEFINE_string("study_dir", None, "Directory of the sweep's outputs, trial workdirs and (without "
                                  "--storage) its SQLite study.")

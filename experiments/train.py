@@ -23,6 +23,7 @@ from experiments import setting_flags
 from experiments.setting_flags import config_from_flags
 
 flags.adopt_module_key_flags(setting_flags)  # one flag per setting, --compilation_cache_dir
+flags.adopt_module_key_flags(host_flags)  # --host_memory
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.", required=True)
 flags.DEFINE_list("seeds", [], "Several seeds: one run per seed and a mean/std table (overrides --seed).")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: address of process 0 for jax.distributed.")
