@@ -93,10 +93,16 @@ def run_optimizer(args: argparse.Namespace, name: str, params: Dict[str, Any], g
     config = optim.OptimizerConfig(**{"learning_rate": 1e-3, "warmup_fraction": 0.0, "update": update,
                                       **OPTIMIZERS[name]})
     chain = optim.make_optimizer(config, 1000)
-    function = jax.jit(optim.make_update_fn(config, 1000, chain), donate_argnums=(1, 2))
+    update_fn = optim.make_update_fn(config, 1000, chain)
+    # Donated parameters before the state, as outputs come: jax pairs donated inputs with
+    # outputs of the same shape in order, so (state, params) would alias the new
+    # parameters to the old first moment (and so on round), and XLA would copy every
+    # large leaf three times before and after the update.
+    function = jax.jit(lambda grads, own_params, state, finite: update_fn(grads, state, own_params, finite),
+                       donate_argnums=(1, 2))
     state = chain.init(params)
     own_params = jax.tree.map(jnp.copy, params)
-    compiled = function.lower(grads, state, own_params, jnp.asarray(True)).compile()
+    compiled = function.lower(grads, own_params, state, jnp.asarray(True)).compile()
     figures[f"{update}_temp_mib"] = compiled.memory_analysis().temp_size_in_bytes / 2**20
     figures[f"{update}_temp_over_params"] = compiled.memory_analysis().temp_size_in_bytes / param_bytes
     updates[update], states[update] = compiled, [own_params, state]
@@ -104,7 +110,7 @@ def run_optimizer(args: argparse.Namespace, name: str, params: Dict[str, Any], g
   def step(update):
     def run():
       holder = states[update]
-      holder[0], holder[1] = updates[update](grads, holder[1], holder[0], jnp.asarray(True))
+      holder[0], holder[1] = updates[update](grads, holder[0], holder[1], jnp.asarray(True))
       jax.block_until_ready(holder[0])
     return run
 
