@@ -160,6 +160,7 @@ def test_torch_step_runs_tiny_and_prints_json_last(shared_data_dir):
   tiny = figures["configs"]["tiny"]
   assert tiny["losses_finite"] and tiny["compile_s"] > 0
   assert tiny["ours_page_faults_per_step"] >= 0 and tiny["torch_page_faults_per_step"] >= 0
+  assert len(tiny["ours_page_faults_all"]) == len(tiny["torch_page_faults_all"]) == len(tiny["ours_step_s_all"]) == 1
   assert tiny["ours_over_torch"] == pytest.approx(tiny["ours_sentences_per_s"] / tiny["torch_sentences_per_s"])
   # PyTorch gets the batch padded to its longest sentence, ours to a bucket: never longer.
   assert all(shape[0] <= tiny["ours_shape"][0] for shape in tiny["torch_shapes"])
