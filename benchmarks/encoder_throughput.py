@@ -17,10 +17,10 @@ Besides wall time each measurement records its process CPU seconds (user, system
 minor page faults per call: a step's fresh buffers (XLA:CPU allocates every output and
 temporary buffer per execution) are first touched page by page, which shows as system
 time. `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (set before Python starts) makes glibc
-back large allocations with transparent huge pages for both frameworks; the JSON records
-the variable's value. `--host_memory` (default retain, as the entry points run; see
-d2e2s_jax/host_memory.py) configures the whole process, so both frameworks run under it.
-`--profile_dir` writes a `jax.profiler` trace of one forward +
+back large allocations with transparent huge pages for both frameworks; the JSON's
+`host_memory` records the variable's value. `--host_memory` (default retain, as the entry
+points run; see d2e2s_jax/host_memory.py) configures the whole process, so both
+frameworks run under it. `--profile_dir` writes a `jax.profiler` trace of one forward +
 backward per mode and prints its costliest XLA ops grouped by the model operation they
 come from (forward / backward).
 
@@ -222,7 +222,7 @@ def main(argv: List[str]) -> Dict[str, float]:
                  torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), dtype=args.dtype,
                  cpu_model=common.cpu_model(), platform=jax.default_backend(), headline_layer_loop=headline,
                  auto_layer_loop=auto, layer_loops=args.layer_loops,
-                 glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""), host_memory=memory, jax_version=jax.__version__,
+                 host_memory=memory, jax_version=jax.__version__,
                  torch_version=torch.__version__)
 
   if args.profile_dir:
