@@ -18,7 +18,12 @@ minor page faults per call: a step's fresh buffers (XLA:CPU allocates every outp
 temporary buffer per execution) are first touched page by page, which shows as system
 time. `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (set before Python starts) makes glibc
 back large allocations with transparent huge pages for both frameworks; the JSON's
-`host_memory` records the variable's value. `--host_memory` (default retain, as the entry
+`host_memory` records the variable's value. The run also times one float32 matmul of the
+encoder's FFN shape ([batch x length, hidden] x [hidden, FFN]) in each framework, in the
+same interleaved loop (`ours_matmul_gflops`, `torch_matmul_gflops`, `matmul_ratio`): the
+encoder's time is mostly such matmuls, so this ratio of the two math libraries (XLA:CPU's
+YNNPACK or Eigen, PyTorch's oneDNN/MKL) bounds what the encoder's ratio can be on a CPU
+kind. `--host_memory` (default retain, as the entry
 points run; see d2e2s_jax/host_memory.py) configures the whole process, so both
 frameworks run under it. `--profile_dir` writes a `jax.profiler` trace of one forward +
 backward per mode and prints its costliest XLA ops grouped by the model operation they
@@ -189,12 +194,24 @@ def main(argv: List[str]) -> Dict[str, float]:
   for mode in args.layer_loops:
     runs[f"{mode}_forward"], runs[f"{mode}_forward_backward"], programs[mode], compile_s = ours(mode)
     figures[f"{mode}_compile_s"] = compile_s
-  for function in runs.values():  # warm-up: first executions, allocator, thread pools
+  matmul_lhs = rng.normal(size=(args.batch * args.length, config.hidden_size)).astype(np.float32)
+  matmul_rhs = rng.normal(size=(config.hidden_size, config.intermediate_size)).astype(np.float32)
+  matmul_jax = jax.jit(jnp.matmul)
+  matmul_lhs_jax, matmul_rhs_jax = jnp.asarray(matmul_lhs), jnp.asarray(matmul_rhs)
+  matmul_lhs_torch, matmul_rhs_torch = torch.tensor(matmul_lhs), torch.tensor(matmul_rhs)
+  matmuls: Dict[str, Callable[[], None]] = {
+      "ours_matmul": lambda: matmul_jax(matmul_lhs_jax, matmul_rhs_jax).block_until_ready(),
+      "torch_matmul": lambda: torch.matmul(matmul_lhs_torch, matmul_rhs_torch)}
+  matmul_calls = 10  # per timed sample: one call is a few milliseconds
+  for function in [*runs.values(), *matmuls.values()]:  # warm-up: first executions, allocator, thread pools
     function()
   samples: Dict[str, List[List[float]]] = {name: [] for name in runs}
+  matmul_seconds: Dict[str, List[float]] = {name: [] for name in matmuls}
   for _ in range(args.repeats):
     for name, function in runs.items():
       samples[name].append(measured(function))
+    for name, function in matmuls.items():
+      matmul_seconds[name].append(timed(lambda: [function() for _ in range(matmul_calls)]) / matmul_calls)
   figures["load_average_after"] = list(os.getloadavg())
 
   tokens = args.batch * args.length
@@ -212,6 +229,11 @@ def main(argv: List[str]) -> Dict[str, float]:
                                                 figures[f"{mode}_forward_backward_tokens_per_s"] - 1)
   figures["torch_backward_over_forward"] = (figures["torch_forward_tokens_per_s"] /
                                             figures["torch_forward_backward_tokens_per_s"] - 1)
+  matmul_flop = 2 * matmul_lhs.shape[0] * matmul_lhs.shape[1] * matmul_rhs.shape[1]
+  for name, seconds in matmul_seconds.items():
+    figures[f"{name}_gflops"] = matmul_flop / statistics.median(seconds) / 1e9
+  figures["matmul_ratio"] = figures["ours_matmul_gflops"] / figures["torch_matmul_gflops"]
+  figures["matmul_shape"] = [*matmul_lhs.shape, matmul_rhs.shape[1]]
   auto = deberta_v2.resolve_layer_loop("auto")
   headline = auto if auto in args.layer_loops else args.layer_loops[0]
   for phase in ("forward", "forward_backward"):
@@ -243,6 +265,8 @@ def main(argv: List[str]) -> Dict[str, float]:
       ratio = f"   ratio {figures[name + '_ratio']:.2f}x"
     print(f"  {name:28s} {figures[name + '_tokens_per_s']:9.1f} tok/s   cpu {figures[name + '_cpu_s']:6.2f} s "
           f"(system {figures[name + '_system_s']:5.2f})   faults {figures[name + '_minor_faults']:8.0f}{ratio}")
+  print(f"  matmul {figures['matmul_shape']} float32: ours {figures['ours_matmul_gflops']:.0f} GFLOP/s, "
+        f"torch {figures['torch_matmul_gflops']:.0f} GFLOP/s   ratio {figures['matmul_ratio']:.2f}x")
   for mode in args.layer_loops:
     print(f"  {mode}: compile {figures[mode + '_compile_s']:.1f} s, backward = "
           f"{figures[mode + '_backward_over_forward']:.2f} forwards (torch "

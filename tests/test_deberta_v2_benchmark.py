@@ -42,6 +42,10 @@ def test_benchmark_runs_and_prints_json_last(monkeypatch, capsys, tmp_path):
   assert figures["ours_forward_tokens_per_s"] == figures[f"{figures['auto_layer_loop']}_forward_tokens_per_s"]
   assert figures["cpu_model"] and figures["torch_threads"] >= 1 and len(figures["load_average_before"]) == 3
   assert (figures["layers"], figures["batch"], figures["length"], figures["repeats"]) == (3, 2, 12, 2)
+  # The FFN-shaped matmul of both frameworks, measured in the same loop.
+  assert figures["matmul_shape"] == [2 * 12, 32, 48]
+  assert figures["ours_matmul_gflops"] > 0 and figures["torch_matmul_gflops"] > 0
+  assert figures["matmul_ratio"] == pytest.approx(figures["ours_matmul_gflops"] / figures["torch_matmul_gflops"])
   for mode in ("scan", "unroll"):
     rows = figures[f"{mode}_top_ops"]
     assert 0 < len(rows) <= 3 and all(row[1] in ("forward", "backward") for row in rows)
