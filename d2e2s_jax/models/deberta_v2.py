@@ -76,8 +76,9 @@ REMAT_POLICIES = dict(zip(settings.REMAT_POLICIES, (
 # measurements behind it are in the README's Performance section).
 LAYER_LOOPS = settings.LAYER_LOOPS
 # CPU: unrolled, since host memory is retained (host_memory.py): the base-size training
-# step takes 0.91x the time of scan's (AMD EPYC, 2 cores), prediction is unchanged, and
-# compiles take about 1.5x as long (scan keeps them fast at any depth).
+# step takes 0.91x the time of scan's on an AMD EPYC and 0.94x on an Intel Xeon (2 cores
+# each), prediction is unchanged, and compiles take 1.2x-1.5x as long (scan keeps them
+# fast at any depth). Under glibc's default allocator the Intel Xeon favours scan.
 AUTO_LAYER_LOOP = {"cpu": "unroll"}
 AUTO_LAYER_LOOP_OTHERWISE = "scan"  # GPU/TPU (not yet measured): keep the fast compile at 48 layers
 
