@@ -261,8 +261,10 @@ class BiLSTM(nn.Module):
       directions = [LSTMDirection(self.hidden_size, name=f"layer{layer}_{d}")(outputs.shape[-1])
                     for d in ("forward", "reverse")]
       # One matmul per direction for all time steps; only the recurrent part is sequential.
-      # The projections are stacked along the direction axis, not the input kernels: the
-      # kernels are the larger of the two (F x 4H against B x T x 4H) and a stack is a copy.
+      # The projections are stacked along the direction axis, not the input kernels; a stack
+      # is a copy, and B x T x 4H (a projection) is smaller than F x 4H (a kernel) whenever
+      # B x T < F: at base size, a batch of 16 sentences under 96 sub-tokens in the fusion
+      # LSTM (F = 1536), under 48 in the channel LSTM (F = 768).
       sequences = (outputs, reverse_within_lengths(outputs, lengths))
       projected = jnp.stack([
           jnp.einsum("btf,fg->btg", sequence.astype(self.dtype), input_kernel.astype(self.dtype))
