@@ -23,11 +23,11 @@ encoder's FFN shape ([batch x length, hidden] x [hidden, FFN]) in each framework
 same interleaved loop (`ours_matmul_gflops`, `torch_matmul_gflops`, `matmul_ratio`): the
 encoder's time is mostly such matmuls, so this ratio of the two math libraries (XLA:CPU's
 YNNPACK or Eigen, PyTorch's oneDNN/MKL) bounds what the encoder's ratio can be on a CPU
-kind. `--host_memory` (default retain, as the entry
-points run; see d2e2s_jax/host_memory.py) configures the whole process, so both
-frameworks run under it. `--profile_dir` writes a `jax.profiler` trace of one forward +
-backward per mode and prints its costliest XLA ops grouped by the model operation they
-come from (forward / backward).
+kind. `--host_memory` (default retain, as the entry points run; see
+d2e2s_jax/host_memory.py) configures the whole process, so both frameworks run under it.
+`--profile_dir` writes a `jax.profiler` trace of one forward + backward per mode and
+prints its costliest XLA ops grouped by the model operation they come from (forward /
+backward).
 
 The figures name the machine: CPU model (from /proc/cpuinfo, else `platform`), CPU
 count, PyTorch's intra-op threads, and the load average before and after.
@@ -94,12 +94,6 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   if not args.layer_loops or set(args.layer_loops) - {"scan", "unroll"}:
     parser.error("--layer_loops must be a comma-separated subset of scan,unroll")
   return args
-
-
-def timed(function: Callable[[], None]) -> float:
-  start = time.perf_counter()
-  function()
-  return time.perf_counter() - start
 
 
 def measured(function: Callable[[], None]) -> List[float]:
@@ -211,7 +205,7 @@ def main(argv: List[str]) -> Dict[str, float]:
     for name, function in runs.items():
       samples[name].append(measured(function))
     for name, function in matmuls.items():
-      matmul_seconds[name].append(timed(lambda: [function() for _ in range(matmul_calls)]) / matmul_calls)
+      matmul_seconds[name].append(common.timed(lambda: [function() for _ in range(matmul_calls)]) / matmul_calls)
   figures["load_average_after"] = list(os.getloadavg())
 
   tokens = args.batch * args.length
