@@ -103,7 +103,8 @@ def _cell(gates: Array, cell: Array) -> Tuple[Array, Array, Array]:
 
   The activations are elementwise over all 4H lanes (tanh on the cell gate's, sigmoid on
   the others) rather than four slices and a concatenation: the same values in fewer
-  operations per time step (each step of a small model's loop costs per operation).
+  operations per time step (each step of a small model's loop costs per operation), at
+  the price of evaluating both functions on every lane.
 
   Returns:
     (new hidden, new cell, activations [..., 4H] = sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)).
