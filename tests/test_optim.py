@@ -161,6 +161,18 @@ def test_clipping_is_torch_clip_grad_norm(scale):
       np.testing.assert_array_equal(ours[key], value)
 
 
+def test_clipping_uses_a_given_norm():
+  rng = np.random.default_rng(7)
+  grads = jax.tree.map(lambda g: g * 1e4, _grads(rng, _params(rng), 1)[0])
+  clip = optim.clip_by_global_norm(0.5)
+  computed = _flat(clip.update(grads, optax.EmptyState())[0])
+  given = _flat(clip.update(grads, optax.EmptyState(), grad_norm=optax.tree.norm(grads))[0])
+  halved = _flat(clip.update(grads, optax.EmptyState(), grad_norm=2 * optax.tree.norm(grads))[0])
+  for key, value in computed.items():
+    np.testing.assert_array_equal(given[key], value)
+    np.testing.assert_allclose(halved[key], value / 2, rtol=1e-6)
+
+
 def test_bfloat16_moments():
   params = _params(np.random.default_rng(4))
   tx = optim.make_optimizer(optim.OptimizerConfig(moment_dtype="bfloat16"), 10)

@@ -135,6 +135,31 @@ def test_sliced_optimizer_update_matches_the_whole_one(tmp_path, lean):
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("update,accumulation,norms", [("whole", 1, 1), ("sliced", 1, 1), ("whole", 2, 2)])
+def test_the_step_reads_the_gradient_once_for_its_norm(tmp_path, update, accumulation, norms):
+  # The finite check's norm is the one clipping uses; with accumulation, clipping needs
+  # the accumulated gradient's own norm. Counted: sums over the word-embedding gradient.
+  config = config_lib.TrainConfig(**{**TINY, "optimizer_update": update,
+                                     "gradient_accumulation_steps": accumulation})
+  data = trainer.prepare_data(config, tmp_path)
+  mesh = sharding.make_mesh("data:1")
+  model, model_config, _ = trainer.build_model(config, data.tokenizer)
+  batch = next(iter(batching.train_batches(data.encoded["train"], config.batch_config(data.tokenizer, training=True),
+                                           0, 0)))
+  optimizer_config = config.optimizer_config()
+  optimizer = optim.make_optimizer(optimizer_config, 10)
+  state, shardings = trainer.create_train_state(model, optimizer, batch, 0, mesh)
+  step_fn = trainer.make_train_step(model, optimizer, optim.learning_rate_schedule(optimizer_config, 10),
+                                    model_config, accumulation, mesh, shardings,
+                                    optim.make_update_fn(optimizer_config, 10, optimizer))
+  text = step_fn.lower(state, sharding.shard_batch(batch, mesh)).as_text()
+  embedding = jax.tree.leaves(state.params["encoder"]["embeddings"]["word_embeddings"])[0]
+  operand = "tensor<" + "x".join(map(str, embedding.shape)) + "xf32>"
+  sums = [line for line in text.splitlines()
+          if "stablehlo.reduce" in line and "across dimensions = [0, 1]" in line and f"({operand}," in line]
+  assert len(sums) == norms, sums
+
+
 @pytest.mark.parametrize("update", ["whole", "sliced"])
 def test_runtime_hyperparameters_compute_what_the_constants_compute(tmp_path, update):
   config = config_lib.TrainConfig(**{**TINY, "drop_out_rate": 0.3, "gcn_dropout": 0.2, "prop_drop": 0.15,

@@ -205,15 +205,23 @@ def clip_coefficient(norm: jax.Array, max_norm: float) -> jax.Array:
   return jnp.minimum(max_norm / (norm + CLIP_EPS), 1.0)
 
 
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-  """Global-norm clipping by `clip_coefficient` (state: optax's empty clipping state)."""
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """Global-norm clipping by `clip_coefficient` (state: optax's empty clipping state).
 
-  def update_fn(updates, state, params=None):
-    del params
-    coefficient = clip_coefficient(optax.tree.norm(updates), max_norm)
+  The extra argument `grad_norm`, when given, is the global norm of `updates`, already
+  computed by the caller (the training step computes it for its finite check and its
+  metrics); passing it saves a read of every gradient. Only the caller can know that it
+  is the norm of these updates: under `optax.MultiSteps` the inner chain sees the
+  accumulated gradient, not the micro-batch's, so there it must not be passed.
+  """
+
+  def update_fn(updates, state, params=None, grad_norm=None, **extra_args):
+    del params, extra_args
+    norm = optax.tree.norm(updates) if grad_norm is None else grad_norm
+    coefficient = clip_coefficient(norm, max_norm)
     return jax.tree.map(lambda g: g * coefficient.astype(g.dtype), updates), state
 
-  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 def decay_mask(params: Any) -> Any:
@@ -442,8 +450,10 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
 
 # ------------------------------------------------------------------ applying updates
 
-# (grads, opt_state, params, finite, hyper=None) -> (params, opt_state); `hyper` maps
-# `RUNTIME_INPUTS` names to runtime values (missing ones: the config's constants).
+# (grads, opt_state, params, finite, hyper=None, grad_norm=None) -> (params, opt_state);
+# `hyper` maps `RUNTIME_INPUTS` names to runtime values (missing ones: the config's
+# constants); `grad_norm`, when given, is `optax.tree.norm(grads)`, which clipping then
+# reuses (see `clip_by_global_norm`; never pass it with gradient accumulation).
 UpdateFn = Callable[..., Tuple[Any, Any]]
 
 # Largest slice the sliced update works on at once (bytes of one leaf's slice, float32).
@@ -455,12 +465,17 @@ def whole_update_fn(optimizer: optax.GradientTransformation) -> UpdateFn:
 
   A non-finite step keeps parameters and state. The guard is a branch, not `jnp.where`
   over the whole state, with which XLA materialises the new state beside the old one
-  (13 GiB more on the xxlarge model, benchmarks/memory_plan.py).
+  (13 GiB more on the xxlarge model, benchmarks/memory_plan.py). A given `grad_norm`
+  reaches the clipping (ignored when `optimizer` is an `optax.MultiSteps`).
   """
 
-  def update(grads, opt_state, params, finite, hyper=None):
+  def update(grads, opt_state, params, finite, hyper=None, grad_norm=None):
+    extra = dict(hyper or {})
+    if grad_norm is not None and not isinstance(optimizer, optax.MultiSteps):
+      extra["grad_norm"] = grad_norm
+
     def apply(_):
-      updates, new_opt_state = optimizer.update(grads, opt_state, params, **(hyper or {}))
+      updates, new_opt_state = optimizer.update(grads, opt_state, params, **extra)
       return optax.apply_updates(params, updates), new_opt_state
 
     return jax.lax.cond(finite, apply, lambda _: (params, opt_state), None)
@@ -527,7 +542,7 @@ def _sliced_update_fn(config: OptimizerConfig, total_steps: int, slice_bytes: in
   factored = config.second_moment == "factored"
   b1, b2, eps = config.b1, config.b2, config.eps
 
-  def update(grads, opt_state, params, finite, hyper=None):
+  def update(grads, opt_state, params, finite, hyper=None, grad_norm=None):
     hyper = hyper or {}
     states = list(opt_state)
     direction_index = 1 if clip else 0
@@ -536,7 +551,8 @@ def _sliced_update_fn(config: OptimizerConfig, total_steps: int, slice_bytes: in
     weight_decay = hyper.get("weight_decay")
     count = old.count + 1
     if clip:
-      coefficient = clip_coefficient(optax.tree.norm(grads), config.max_grad_norm)
+      norm = optax.tree.norm(grads) if grad_norm is None else grad_norm
+      coefficient = clip_coefficient(norm, config.max_grad_norm)
 
     def clipped(g):
       return g * coefficient.astype(g.dtype) if clip else g

@@ -227,7 +227,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    new_params, new_opt_state = update_fn(grads, state.opt_state, state.params, finite, optimizer_hyper)
+    # Clipping reuses this norm; with accumulation it clips the accumulated gradient instead.
+    new_params, new_opt_state = update_fn(grads, state.opt_state, state.params, finite, optimizer_hyper,
+                                          grad_norm=grad_norm if accumulation_steps == 1 else None)
     consecutive = jnp.where(finite, 0, state.consecutive_skips + 1)
     new_state = state.replace(
         step=state.step + 1,
