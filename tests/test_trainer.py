@@ -85,8 +85,8 @@ def test_train_and_evaluate_writes_every_output(tmp_path):
   assert results["predict_step_compilations"] == len(lengths)
 
 
-def _first_losses(config, data, mesh_spec, steps=3, runtime=False):
-  mesh = sharding.make_mesh(mesh_spec)
+def _train_step(config, data, mesh, steps, runtime=False):
+  """(the jitted step, its initial state, the first `steps` training batches) of `config`."""
   model, model_config, _ = trainer.build_model(config, data.tokenizer)
   batch_config = config.batch_config(data.tokenizer, training=True)
   batches = list(itertools.islice(batching.train_batches(data.encoded["train"], batch_config, 0, 0), steps))
@@ -94,10 +94,16 @@ def _first_losses(config, data, mesh_spec, steps=3, runtime=False):
   optimizer = optim.make_optimizer(optimizer_config, 10)
   state, shardings = trainer.create_train_state(model, optimizer, batches[0], 0, mesh)
   step_fn = trainer.make_train_step(model, optimizer, optim.learning_rate_schedule(optimizer_config, 10),
-                                    model_config, 1, mesh, shardings,
+                                    model_config, config.gradient_accumulation_steps, mesh, shardings,
                                     optim.make_update_fn(optimizer_config, 10, optimizer, slice_bytes=2048),
                                     hyper=trainer.runtime_hyperparameters(optimizer_config, model_config, 10)
                                     if runtime else None)
+  return step_fn, state, batches
+
+
+def _first_losses(config, data, mesh_spec, steps=3, runtime=False):
+  mesh = sharding.make_mesh(mesh_spec)
+  step_fn, state, batches = _train_step(config, data, mesh, steps, runtime)
   losses = []
   for batch in batches:
     state, metrics = step_fn(state, sharding.shard_batch(batch, mesh))
@@ -143,15 +149,7 @@ def test_the_step_reads_the_gradient_once_for_its_norm(tmp_path, update, accumul
                                      "gradient_accumulation_steps": accumulation})
   data = trainer.prepare_data(config, tmp_path)
   mesh = sharding.make_mesh("data:1")
-  model, model_config, _ = trainer.build_model(config, data.tokenizer)
-  batch = next(iter(batching.train_batches(data.encoded["train"], config.batch_config(data.tokenizer, training=True),
-                                           0, 0)))
-  optimizer_config = config.optimizer_config()
-  optimizer = optim.make_optimizer(optimizer_config, 10)
-  state, shardings = trainer.create_train_state(model, optimizer, batch, 0, mesh)
-  step_fn = trainer.make_train_step(model, optimizer, optim.learning_rate_schedule(optimizer_config, 10),
-                                    model_config, accumulation, mesh, shardings,
-                                    optim.make_update_fn(optimizer_config, 10, optimizer))
+  step_fn, state, (batch,) = _train_step(config, data, mesh, steps=1)
   text = step_fn.lower(state, sharding.shard_batch(batch, mesh)).as_text()
   embedding = jax.tree.leaves(state.params["encoder"]["embeddings"]["word_embeddings"])[0]
   operand = "tensor<" + "x".join(map(str, embedding.shape)) + "xf32>"

@@ -466,12 +466,12 @@ def whole_update_fn(optimizer: optax.GradientTransformation) -> UpdateFn:
   A non-finite step keeps parameters and state. The guard is a branch, not `jnp.where`
   over the whole state, with which XLA materialises the new state beside the old one
   (13 GiB more on the xxlarge model, benchmarks/memory_plan.py). A given `grad_norm`
-  reaches the clipping (ignored when `optimizer` is an `optax.MultiSteps`).
+  reaches the clipping (the caller passes none under accumulation: see `UpdateFn`).
   """
 
   def update(grads, opt_state, params, finite, hyper=None, grad_norm=None):
     extra = dict(hyper or {})
-    if grad_norm is not None and not isinstance(optimizer, optax.MultiSteps):
+    if grad_norm is not None:
       extra["grad_norm"] = grad_norm
 
     def apply(_):
